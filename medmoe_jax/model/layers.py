@@ -1,0 +1,113 @@
+"""Dense building blocks of a Qwen2/Llama-style decoder.
+
+Every parameter carries logical axis names (see `medmoe_jax.sharding` for their mesh mapping):
+  vocab, embed, mlp, heads, kv_heads, head_dim, expert, layers (added by the scan).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from medmoe_jax.model.spec import ModelSpec
+
+# Parameter sharding is applied by jitting the initialiser with out_shardings derived from these
+# logical names (sharding.py); Flax's eager sharding would require a mesh inside the model.
+nnx.use_eager_sharding(False)
+
+
+def dtype_of(name: str):
+  return jnp.dtype(name)
+
+
+def normal_init(std: float, axes: tuple):
+  return nnx.with_partitioning(nnx.initializers.normal(std), axes)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+    del rngs
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("embed",))
+
+  def __call__(self, x):
+    # Normalise in float32 whatever the compute dtype (bf16 variance underflows).
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale.value.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x, positions, theta: float):
+  """Rotary embedding, half-split convention (HF `rotate_half`). x: [B, S, H, Dh]; positions: [B, S]."""
+  dh = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))  # [Dh/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, Dh/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = x32[..., : dh // 2], x32[..., dh // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attention_mask(segment_ids):
+  """[B, 1, S, S] bool: causal and within the same packed segment (no cross-document attention).
+
+  Padding (segment 0) attends only to padding, so no row is empty and softmax stays finite."""
+  s = segment_ids.shape[-1]
+  causal = jnp.tril(jnp.ones((s, s), dtype=bool))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (causal[None] & same)[:, None]
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    pd = dtype_of(spec.param_dtype)
+    d, h, kv, dh = spec.d_model, spec.num_heads, spec.num_kv_heads, spec.head_dim
+    self.spec = spec
+    init = lambda axes: normal_init(spec.init_std, axes)
+    self.q_proj = nnx.LinearGeneral(d, (h, dh), use_bias=spec.qkv_bias, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                                    kernel_init=init(("embed", "heads", "head_dim")),
+                                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("heads", "head_dim")),
+                                    rngs=rngs)
+    self.k_proj = nnx.LinearGeneral(d, (kv, dh), use_bias=spec.qkv_bias, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                                    kernel_init=init(("embed", "kv_heads", "head_dim")),
+                                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("kv_heads", "head_dim")),
+                                    rngs=rngs)
+    self.v_proj = nnx.LinearGeneral(d, (kv, dh), use_bias=spec.qkv_bias, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                                    kernel_init=init(("embed", "kv_heads", "head_dim")),
+                                    bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("kv_heads", "head_dim")),
+                                    rngs=rngs)
+    self.o_proj = nnx.LinearGeneral((h, dh), d, axis=(-2, -1), use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                                    kernel_init=init(("heads", "head_dim", "embed")), rngs=rngs)
+
+  def __call__(self, x, positions, mask):
+    """x: [B, S, D] -> [B, S, D]."""
+    dt = x.dtype
+    q = rope(self.q_proj(x).astype(dt), positions, self.spec.rope_theta)
+    k = rope(self.k_proj(x).astype(dt), positions, self.spec.rope_theta)
+    v = self.v_proj(x).astype(dt)
+    # Grouped-query attention: jax.nn.dot_product_attention accepts fewer kv heads directly.
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return self.o_proj(out).astype(dt)
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    pd = dtype_of(spec.param_dtype)
+    init = lambda axes: normal_init(spec.init_std, axes)
+    self.gate_proj = nnx.Linear(spec.d_model, spec.d_ff, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                                kernel_init=init(("embed", "mlp")), rngs=rngs)
+    self.up_proj = nnx.Linear(spec.d_model, spec.d_ff, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                              kernel_init=init(("embed", "mlp")), rngs=rngs)
+    self.down_proj = nnx.Linear(spec.d_ff, spec.d_model, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                                kernel_init=init(("mlp", "embed")), rngs=rngs)
+
+  def __call__(self, x):
+    dt = x.dtype
+    h = jax.nn.silu(self.gate_proj(x).astype(dt)) * self.up_proj(x).astype(dt)
+    return self.down_proj(h).astype(dt)

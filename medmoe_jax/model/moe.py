@@ -1,0 +1,146 @@
+"""The MoE feed-forward block and its dispatch backends.
+
+Routing decisions come from `routing.py` (pure math); this module moves tokens to experts and
+back. Backends, chosen by `MoESpec.backend`:
+  dense     every expert runs on every token, outputs combined by the (sparse) routing weights.
+            Exact and simple; cost grows with E. The reference the others are tested against.
+  capacity  per sequence (group), each expert takes at most C = ceil(cf * S * k / E) token-slots
+            (first choices before second choices); the rest are dropped (their MoE output is 0,
+            the residual carries them). Dispatch is an index gather/scatter, never a
+            [tokens, experts, capacity] one-hot tensor, and static shapes suit XLA on all platforms.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from medmoe_jax.model import routing
+from medmoe_jax.model.layers import dtype_of, normal_init
+from medmoe_jax.model.spec import ModelSpec
+
+BACKENDS = ("auto", "dense", "capacity")
+
+
+def resolve_backend(name: str) -> str:
+  if name == "auto":
+    return "capacity"
+  if name not in BACKENDS:
+    raise ValueError(f"config.moe.backend={name!r}; choose one of {BACKENDS}")
+  return name
+
+
+def capacity_per_group(tokens_per_group: int, top_k: int, num_experts: int, factor: float) -> int:
+  c = math.ceil(factor * tokens_per_group * top_k / num_experts)
+  return max(1, min(c, tokens_per_group))
+
+
+def swiglu_experts(xe, wi_gate, wi_up, wo):
+  """xe: [G, E, C, D]; weights [E, D, F], [E, F, D] -> [G, E, C, D]."""
+  dt = xe.dtype
+  g = jnp.einsum("gecd,edf->gecf", xe, wi_gate.astype(dt))
+  u = jnp.einsum("gecd,edf->gecf", xe, wi_up.astype(dt))
+  return jnp.einsum("gecf,efd->gecd", jax.nn.silu(g) * u, wo.astype(dt))
+
+
+def dense_dispatch(x, indices, weights, valid, weights_e):
+  """x: [G, T, D]; indices/weights: [G, T, k]. Every expert on every token."""
+  wi_gate, wi_up, wo = weights_e
+  e = wi_gate.shape[0]
+  dt = x.dtype
+  g = jnp.einsum("gtd,edf->gtef", x, wi_gate.astype(dt))
+  u = jnp.einsum("gtd,edf->gtef", x, wi_up.astype(dt))
+  ye = jnp.einsum("gtef,efd->gted", jax.nn.silu(g) * u, wo.astype(dt))
+  combine = jnp.sum(jax.nn.one_hot(indices, e, dtype=jnp.float32) * weights[..., None], axis=-2)
+  combine = combine * valid[..., None]
+  y = jnp.einsum("gted,gte->gtd", ye.astype(jnp.float32), combine)
+  return y.astype(dt), jnp.zeros((), jnp.float32)
+
+
+def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int):
+  """Gather/scatter dispatch with a per-group capacity. Returns (y [G,T,D], dropped_fraction)."""
+  wi_gate, wi_up, wo = weights_e
+  e = wi_gate.shape[0]
+  g_, t, d = x.shape
+  k = indices.shape[-1]
+  c = capacity
+  # Slot order k-major: every token's first choice is placed before any second choice.
+  idx = jnp.swapaxes(indices, 1, 2).reshape(g_, k * t)                       # [G, kT]
+  slot_valid = jnp.broadcast_to(valid[:, None, :], (g_, k, t)).reshape(g_, k * t)
+  onehot = jax.nn.one_hot(idx, e, dtype=jnp.int32) * slot_valid[..., None]  # [G, kT, E]
+  pos = jnp.sum((jnp.cumsum(onehot, axis=1) - 1) * onehot, axis=-1)         # [G, kT]
+  keep = slot_valid & (pos < c)
+  buf = jnp.where(keep, idx * c + pos, e * c)                               # e*c: trash slot
+  token_of_slot = jnp.tile(jnp.arange(t, dtype=jnp.int32), k)
+  rows = jnp.arange(g_)[:, None]
+  # buffer position -> token (t = the zero padding row).
+  buf_token = jnp.full((g_, e * c + 1), t, jnp.int32).at[rows, buf].set(
+      jnp.broadcast_to(token_of_slot, (g_, k * t)))[:, : e * c]
+  x_pad = jnp.concatenate([x, jnp.zeros((g_, 1, d), x.dtype)], axis=1)
+  xe = jnp.take_along_axis(x_pad, buf_token[..., None], axis=1).reshape(g_, e, c, d)
+  ye = swiglu_experts(xe, wi_gate, wi_up, wo).reshape(g_, e * c, d)
+  ye = jnp.concatenate([ye, jnp.zeros((g_, 1, d), ye.dtype)], axis=1)
+  y_slot = jnp.take_along_axis(ye, buf[..., None], axis=1)                  # [G, kT, D]
+  w = jnp.swapaxes(weights, 1, 2).reshape(g_, k * t) * keep
+  y = jnp.sum((y_slot.astype(jnp.float32) * w[..., None]).reshape(g_, k, t, d), axis=1)
+  n_valid = jnp.maximum(jnp.sum(slot_valid), 1)
+  dropped = 1.0 - jnp.sum(keep) / n_valid
+  return y.astype(x.dtype), dropped.astype(jnp.float32)
+
+
+class MoEFeedForward(nnx.Module):
+  """Router + E SwiGLU experts. Reads each token's language to force its own expert."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    m = spec.moe
+    pd = dtype_of(spec.param_dtype)
+    self.spec = spec
+    self.router = nnx.Param(
+        normal_init(m.router_init_std, ("embed", None))(rngs.params(), (spec.d_model, m.num_experts), jnp.float32))
+    init = lambda axes, shape: normal_init(spec.init_std, axes)(rngs.params(), shape, pd)
+    self.wi_gate = nnx.Param(init(("expert", "embed", "mlp"), (m.num_experts, spec.d_model, m.d_ff)))
+    self.wi_up = nnx.Param(init(("expert", "embed", "mlp"), (m.num_experts, spec.d_model, m.d_ff)))
+    self.wo = nnx.Param(init(("expert", "mlp", "embed"), (m.num_experts, m.d_ff, spec.d_model)))
+
+  def __call__(self, x, lang_ids, valid, *, train: bool, rng=None):
+    """x: [B, S, D]; lang_ids: [B, S] (-1 = none); valid: [B, S] bool (False = padding).
+    Returns (y [B, S, D], aux) where aux holds this layer's losses and statistics."""
+    m = self.spec.moe
+    b, s, d = x.shape
+    xr = routing.jitter_logits_input(x, rng, m.jitter) if train else x
+    logits = jnp.einsum("bsd,de->bse", xr.astype(jnp.float32), self.router.value.astype(jnp.float32))
+    flat_logits = logits.reshape(b * s, m.num_experts)
+    flat_lang = lang_ids.reshape(-1)
+    flat_valid = valid.reshape(-1)
+    forced = None
+    if m.lang_to_expert:
+      table = jnp.asarray(m.lang_to_expert, jnp.int32)
+      forced = jnp.where(flat_lang >= 0, table[jnp.maximum(flat_lang, 0)], -1)
+    r = routing.route(flat_logits, top_k=m.top_k, norm_topk=m.norm_topk,
+                      mode=m.language_routing, forced=forced, train=train)
+    k = r.indices.shape[-1]
+    indices = r.indices.reshape(b, s, k)
+    weights = r.weights.reshape(b, s, k)
+    experts = (self.wi_gate.value, self.wi_up.value, self.wo.value)
+    backend = resolve_backend(m.backend)
+    if backend == "dense":
+      y, dropped = dense_dispatch(x, indices, weights, valid, experts)
+    else:
+      cf = m.capacity_factor_train if train else m.capacity_factor_eval
+      cap = capacity_per_group(s, k, m.num_experts, cf)
+      y, dropped = capacity_dispatch(x, indices, weights, valid, experts, cap)
+
+    aux = {
+        "lb_loss": routing.load_balance_loss(r.probs, r.indices, flat_valid),
+        "z_loss": routing.z_loss(flat_logits, flat_valid),
+        "dropped_fraction": dropped,
+    }
+    if m.lang_is_original:
+      orig = jnp.asarray(m.lang_is_original, jnp.float32)
+      is_orig = jnp.where(flat_lang >= 0, orig[jnp.maximum(flat_lang, 0)], 0.0) * flat_valid
+      aux["lpr_loss"] = routing.lpr_loss(r.probs, is_orig)
+    num_langs = len(m.lang_to_expert)
+    aux.update(routing.router_stats(r.probs, r.indices, flat_valid, forced, num_langs, flat_lang))
+    return y, aux

@@ -1,0 +1,120 @@
+"""Plain, hashable model specifications.
+
+The model package never sees ml_collections or files: `medmoe_jax.config` turns a validated
+ConfigDict into these frozen dataclasses, and the modules read only them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+SegmentKind = Literal["dense", "moe"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MoESpec:
+  num_experts: int = 7
+  top_k: int = 2
+  d_ff: int = 512
+  # Apollo-MoE: softmax over all experts, top-k, weights NOT renormalised.
+  norm_topk: bool = False
+  # "hybrid": force the token's own expert into the top-k during training (Apollo-MoE hybrid-k);
+  # "hard": top-1 to the language expert with weight 1; "none": plain learned routing.
+  language_routing: Literal["hybrid", "hard", "none"] = "hybrid"
+  # lang_id -> expert id (index = lang_id in config.languages.use); empty when unused.
+  lang_to_expert: tuple[int, ...] = ()
+  # lang_id -> 1 if the language is "original" (MoE-LPR: routed to the frozen expert 0).
+  lang_is_original: tuple[int, ...] = ()
+  router_init_std: float = 0.02
+  # Dispatch backend: "capacity" (static shapes, drops over capacity), "dense" (every expert on
+  # every token; exact reference), "auto" (platform default).
+  backend: str = "auto"
+  capacity_factor_train: float = 2.0
+  capacity_factor_eval: float = 4.0
+  jitter: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  vocab_size: int = 4096
+  d_model: int = 128
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 32
+  d_ff: int = 512
+  qkv_bias: bool = True
+  tie_embeddings: bool = True
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-6
+  init_std: float = 0.02
+  dtype: str = "float32"        # compute dtype of activations and matmuls
+  param_dtype: str = "float32"  # storage dtype of parameters
+  remat: Literal["none", "full", "save_dots"] = "none"
+  # Homogeneous runs of blocks, each run executed as one scan: ((kind, count), ...).
+  segments: tuple[tuple[SegmentKind, int], ...] = (("dense", 2), ("moe", 2))
+  moe: MoESpec = dataclasses.field(default_factory=MoESpec)
+
+  @property
+  def moe_layer_indices(self) -> tuple[int, ...]:
+    out, i = [], 0
+    for kind, count in self.segments:
+      if kind == "moe":
+        out.extend(range(i, i + count))
+      i += count
+    return tuple(out)
+
+
+def parse_moe_layers(spec: str | list | tuple, num_layers: int) -> tuple[int, ...]:
+  """Which layers are MoE: "last:N", "first:N", "all", "none", "every:K" (layers K-1, 2K-1, ...),
+  or an explicit list/comma string of indices. Raises ValueError on nonsense."""
+  if isinstance(spec, (list, tuple)):
+    idx = [int(i) for i in spec]
+  else:
+    s = str(spec).strip().lower()
+    if s == "all":
+      idx = list(range(num_layers))
+    elif s in ("none", ""):
+      idx = []
+    elif s.startswith("last:"):
+      n = int(s.split(":", 1)[1])
+      if not 0 <= n <= num_layers:
+        raise ValueError(f"config.moe.layers={spec!r}: N={n} must be in [0, {num_layers}] "
+                         f"(model.num_layers={num_layers})")
+      idx = list(range(num_layers - n, num_layers))
+    elif s.startswith("first:"):
+      n = int(s.split(":", 1)[1])
+      if not 0 <= n <= num_layers:
+        raise ValueError(f"config.moe.layers={spec!r}: N={n} must be in [0, {num_layers}]")
+      idx = list(range(n))
+    elif s.startswith("every:"):
+      k = int(s.split(":", 1)[1])
+      if k < 1:
+        raise ValueError(f"config.moe.layers={spec!r}: K must be >= 1")
+      idx = list(range(k - 1, num_layers, k))
+    else:
+      try:
+        idx = [int(t) for t in s.replace("[", "").replace("]", "").split(",") if t.strip()]
+      except ValueError:
+        raise ValueError(
+            f"config.moe.layers={spec!r} is not understood; use 'last:N', 'first:N', 'all', "
+            "'none', 'every:K' or a list of layer indices like '2,3'") from None
+  bad = [i for i in idx if not 0 <= i < num_layers]
+  if bad:
+    raise ValueError(f"config.moe.layers={spec!r}: layer index {bad[0]} is out of range for "
+                     f"model.num_layers={num_layers} (valid: 0..{num_layers - 1})")
+  if len(set(idx)) != len(idx):
+    raise ValueError(f"config.moe.layers={spec!r} lists a layer twice")
+  return tuple(sorted(idx))
+
+
+def segments_for(num_layers: int, moe_layers: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+  """Group layers into maximal homogeneous runs: Post-MoE last:2 of 24 -> (dense 22, moe 2)."""
+  kinds = ["moe" if i in set(moe_layers) else "dense" for i in range(num_layers)]
+  segs: list[list] = []
+  for k in kinds:
+    if segs and segs[-1][0] == k:
+      segs[-1][1] += 1
+    else:
+      segs.append([k, 1])
+  return tuple((k, n) for k, n in segs)

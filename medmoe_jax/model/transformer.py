@@ -1,0 +1,109 @@
+"""The decoder: embed -> segments of scanned blocks -> norm -> logits.
+
+A model is a list of segments, each a homogeneous stack of blocks run by one `nnx.scan`
+(compile time independent of depth). Post-MoE = [dense x (L-N), moe x N]; all-MoE = [moe x L];
+dense baseline = [dense x L]. Methods differ only in `ModelSpec.segments`.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from medmoe_jax.model.layers import MLP, Attention, RMSNorm, attention_mask, dtype_of, normal_init
+from medmoe_jax.model.moe import MoEFeedForward
+from medmoe_jax.model.spec import ModelSpec
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep matmul outputs, recompute the cheap elementwise work.
+    "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block; the FFN is dense (SwiGLU) or a mixture of SwiGLU experts."""
+
+  def __init__(self, spec: ModelSpec, kind: str, *, rngs: nnx.Rngs):
+    pd = dtype_of(spec.param_dtype)
+    self.kind = kind
+    self.input_norm = RMSNorm(spec.d_model, spec.norm_eps, pd, rngs=rngs)
+    self.attn = Attention(spec, rngs=rngs)
+    self.post_attn_norm = RMSNorm(spec.d_model, spec.norm_eps, pd, rngs=rngs)
+    self.ffn = MoEFeedForward(spec, rngs=rngs) if kind == "moe" else MLP(spec, rngs=rngs)
+
+  def __call__(self, x, positions, mask, lang_ids, valid, *, train: bool, rng=None):
+    h = x + self.attn(self.input_norm(x), positions, mask)
+    z = self.post_attn_norm(h)
+    if self.kind == "moe":
+      y, aux = self.ffn(z, lang_ids, valid, train=train, rng=rng)
+    else:
+      y, aux = self.ffn(z), {}
+    return h + y, aux
+
+
+class Segment(nnx.Module):
+  """`count` blocks of one kind with parameters stacked on a leading 'layers' axis."""
+
+  def __init__(self, spec: ModelSpec, kind: str, count: int, *, rngs: nnx.Rngs):
+    self.kind, self.count, self.remat = kind, count, spec.remat
+
+    @nnx.split_rngs(splits=count)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(r):
+      return Block(spec, kind, rngs=r)
+
+    self.blocks = create(rngs)
+
+  def __call__(self, x, positions, mask, lang_ids, valid, *, train: bool, rng=None):
+    keys = jax.random.split(rng, self.count) if rng is not None else jnp.zeros((self.count, 2), jnp.uint32)
+    use_rng = rng is not None
+
+    def body(h, block, key):
+      return block(h, positions, mask, lang_ids, valid, train=train, rng=key if use_rng else None)
+
+    policy = REMAT_POLICIES[self.remat]
+    if self.remat != "none":
+      body = nnx.remat(body, policy=policy)
+    scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+    return scan(x, self.blocks, keys)
+
+
+class Transformer(nnx.Module):
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    pd = dtype_of(spec.param_dtype)
+    self.spec = spec
+    self.embed = nnx.Embed(spec.vocab_size, spec.d_model, param_dtype=pd, dtype=dtype_of(spec.dtype),
+                           embedding_init=normal_init(spec.init_std, ("vocab", "embed")), rngs=rngs)
+    self.segments = nnx.List([Segment(spec, kind, n, rngs=rngs) for kind, n in spec.segments])
+    self.final_norm = RMSNorm(spec.d_model, spec.norm_eps, pd, rngs=rngs)
+    if not spec.tie_embeddings:
+      self.lm_head = nnx.Linear(spec.d_model, spec.vocab_size, use_bias=False, param_dtype=pd,
+                                dtype=dtype_of(spec.dtype),
+                                kernel_init=normal_init(spec.init_std, ("embed", "vocab")), rngs=rngs)
+
+  def hidden_states(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):
+    """tokens etc.: [B, S] int32 -> (final hidden [B, S, D], moe aux stacked over MoE layers)."""
+    x = self.embed(tokens).astype(dtype_of(self.spec.dtype))
+    mask = attention_mask(segment_ids)
+    valid = segment_ids > 0
+    moe_aux = []
+    seg_rngs = jax.random.split(rng, len(self.segments)) if rng is not None else [None] * len(self.segments)
+    for seg, r in zip(self.segments, seg_rngs):
+      x, aux = seg(x, positions, mask, lang_ids, valid, train=train, rng=r)
+      if seg.kind == "moe":
+        moe_aux.append(aux)
+    aux = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *moe_aux) if moe_aux else {}
+    return self.final_norm(x), aux
+
+  def logits(self, h):
+    if self.spec.tie_embeddings:
+      return self.embed.attend(h).astype(jnp.float32)
+    return self.lm_head(h).astype(jnp.float32)
+
+  def __call__(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):
+    """Returns (logits [B, S, V] float32, aux) where aux maps names to [num_moe_layers, ...]."""
+    h, aux = self.hidden_states(tokens, segment_ids, positions, lang_ids, train=train, rng=rng)
+    return self.logits(h), aux

@@ -1,0 +1,88 @@
+"""The mesh and the one place where logical axis names meet mesh axes.
+
+Mesh axes: data (pure data parallel), fsdp (data parallel + parameter sharding over `embed`),
+expert (experts' weights sharded; the batch is sharded over it too), tensor (heads / FFN width).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from medmoe_jax.config import MESH_AXES, mesh_shape
+
+BATCH_AXES = ("data", "fsdp", "expert")
+
+# logical name -> mesh axis (or None = replicated). Parameters and activations both use these.
+LOGICAL_RULES = (
+    ("batch", BATCH_AXES),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("expert", "expert"),
+    ("layers", None),
+)
+
+
+def make_mesh(config, devices=None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(config, len(devices))
+  dims = tuple(shape[a] for a in MESH_AXES)
+  try:
+    dev_array = jax.experimental.mesh_utils.create_device_mesh(dims, devices=devices)
+  except Exception:  # non-TPU topologies / fake CPU devices: plain reshape is fine
+    dev_array = np.asarray(devices).reshape(dims)
+  return Mesh(dev_array, MESH_AXES)
+
+
+def logical_to_mesh(spec: P, rules=LOGICAL_RULES) -> P:
+  table = dict(rules)
+  out, used = [], set()
+  for name in spec:
+    axis = table.get(name) if name is not None else None
+    # A mesh axis may appear once per spec; later repeats stay replicated.
+    axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
+    axes = tuple(a for a in axes if a not in used)
+    used.update(axes)
+    out.append(axes[0] if len(axes) == 1 else (axes or None))
+  return P(*out)
+
+
+def _fit_to_shape(pspec: P, shape, mesh: Mesh) -> P:
+  """Drop mesh axes that do not divide the dimension (e.g. 2 kv heads on tensor=4)."""
+  out = []
+  for dim, axes in zip(shape, tuple(pspec) + (None,) * (len(shape) - len(pspec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    out.append(axes if dim % size == 0 else None)
+  return P(*out)
+
+
+def state_shardings(abstract_state, mesh: Mesh, rules=LOGICAL_RULES):
+  """nnx.State of abstract Variables (with logical `out_sharding` metadata) -> NamedShardings."""
+  pspecs = nnx.get_partition_spec(abstract_state)
+
+  def to_sharding(var_spec, var):
+    return NamedSharding(mesh, _fit_to_shape(logical_to_mesh(var_spec, rules), var.shape, mesh))
+
+  return jax.tree.map(to_sharding, nnx.to_pure_dict(pspecs), nnx.to_pure_dict(abstract_state))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches [B, S]: B over the data-parallel axes, S replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Per-process numpy batch -> global jax.Arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}

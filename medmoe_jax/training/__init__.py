@@ -1,0 +1,1 @@
+"""Training: optimizer with frozen-parameter labels, loss, jitted train step."""

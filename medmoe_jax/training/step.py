@@ -1,0 +1,93 @@
+"""Loss and the jitted train step over (graphdef, params) with pure-dict parameters."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+class LossWeights(NamedTuple):
+  lb: float = 0.0
+  z: float = 0.0
+  lpr: float = 0.0
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+
+
+def token_targets(batch):
+  """Next-token targets and their weights. Position t predicts token t+1 only within the same
+  segment and where loss_mask marks t+1 as a target. Returns targets, weights [B, S]."""
+  tokens, seg, lm = batch["tokens"], batch["segment_ids"], batch["loss_mask"]
+  targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+  same = jnp.concatenate([(seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0),
+                          jnp.zeros_like(seg[:, :1], dtype=bool)], axis=1)
+  nxt = jnp.concatenate([lm[:, 1:], jnp.zeros_like(lm[:, :1])], axis=1)
+  return targets, (same & (nxt > 0)).astype(jnp.float32)
+
+
+def lm_loss(logits, batch, num_langs: int):
+  """Mean next-token cross-entropy plus per-language sums for per-language loss."""
+  targets, w = token_targets(batch)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, S] float32
+  total = jnp.sum(nll * w)
+  count = jnp.sum(w)
+  stats = {"nll_sum": total, "tokens": count}
+  if num_langs:
+    lid = batch["lang_ids"]
+    onehot = jax.nn.one_hot(jnp.where(lid >= 0, lid, num_langs), num_langs + 1)[..., :num_langs]
+    stats["lang_nll_sum"] = jnp.einsum("bs,bsl->l", nll * w, onehot)
+    stats["lang_tokens"] = jnp.einsum("bs,bsl->l", w, onehot)
+  return total / jnp.maximum(count, 1.0), stats
+
+
+def forward_loss(params, graphdef, batch, rng, weights: LossWeights, num_langs: int, train=True):
+  model = nnx.merge(graphdef, params)
+  logits, aux = model(batch["tokens"], batch["segment_ids"], batch["positions"],
+                      batch["lang_ids"], train=train, rng=rng)
+  ce, stats = lm_loss(logits, batch, num_langs)
+  loss = ce
+  metrics = {"loss": ce, **stats}
+  if aux:
+    # Each router loss is averaged over MoE layers, then weighted.
+    for name, w in (("lb_loss", weights.lb), ("z_loss", weights.z), ("lpr_loss", weights.lpr)):
+      if name in aux:
+        value = jnp.mean(aux[name])
+        metrics[name] = value
+        if w:
+          loss = loss + w * value
+    for name in ("expert_load", "router_entropy", "dropped_fraction", "lang_own_hits"):
+      if name in aux:
+        metrics[name] = aux[name]
+    if "lang_tokens" in aux:
+      metrics["moe_lang_tokens"] = aux["lang_tokens"]
+  metrics["total_loss"] = loss
+  return loss, metrics
+
+
+def make_train_step(graphdef, tx, weights: LossWeights, num_langs: int):
+  """Returns train_step(state, batch, rng) -> (state, metrics); jit it with shardings."""
+
+  def train_step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(forward_loss, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, graphdef, batch, rng, weights, num_langs)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, num_langs: int):
+  def eval_step(params, batch):
+    _, metrics = forward_loss(params, graphdef, batch, None, LossWeights(), num_langs, train=False)
+    return metrics
+  return eval_step

@@ -1,0 +1,41 @@
+"""8 fake CPU devices for multi-device tests; set before JAX initialises."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in flags:
+  os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg=None):
+  """Load configs/<name>.py the way --config does."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+@pytest.fixture
+def tiny_config():
+  c = load_config("post_moe")
+  c.model.update(dict(vocab_size=512, d_model=64, num_layers=4, num_heads=4, num_kv_heads=2, d_ff=128))
+  c.data.seq_len = 32
+  c.data.batch_size = 8
+  return c
+
+
+def pytest_configure(config):
+  # Identical computations (same config, new Trainer) compile once per test session.
+  import tempfile
+
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "medmoe_jax_test_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
