@@ -71,6 +71,18 @@ def forward_loss(params, graphdef, batch, rng, weights: LossWeights, num_langs: 
   return loss, metrics
 
 
+def init_train_state(spec, train_cfg, *, seed: int = 0, freeze: list[str] | None = None):
+  """Unsharded (graphdef, TrainState, tx) for a model spec; benchmarks and tools use it. The
+  trainer jits the same construction with out_shardings instead."""
+  from medmoe_jax.model import Transformer
+  from medmoe_jax.training import optim
+  model = Transformer(spec, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split(model, nnx.Param)
+  params = nnx.to_pure_dict(params)
+  tx, _ = optim.make_optimizer(train_cfg, params, freeze or [])
+  return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), tx
+
+
 def make_train_step(graphdef, tx, weights: LossWeights, num_langs: int):
   """Returns train_step(state, batch, rng) -> (state, metrics); jit it with shardings."""
 
