@@ -2,8 +2,7 @@
 
   python -m medmoe_jax.train --config=configs/dense.py
 """
-from medmoe_jax.config import apply_size, base_config
-from medmoe_jax.presets import PAPER_TRAINING
+from medmoe_jax.config import apply_paper_training, apply_size, base_config
 
 
 def get_config(arg=None):
@@ -12,11 +11,5 @@ def get_config(arg=None):
   apply_size(c, arg or "tiny")
   c.moe.layers = "none"
   c.moe.language_routing = "none"
-  if c.size not in ("tiny", "small"):
-    c.data.seq_len = PAPER_TRAINING["seq_len"]
-    c.data.batch_size = PAPER_TRAINING["batch_size"]
-    c.train.lr = PAPER_TRAINING["lr"]
-    c.model.dtype = PAPER_TRAINING["dtype"]
-    c.model.remat = PAPER_TRAINING["remat"]
-    c.data.tokenizer = ""
+  apply_paper_training(c)
   return c

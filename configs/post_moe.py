@@ -5,8 +5,7 @@ top-2 without renormalisation, hybrid-k routing (own-family expert forced during
   python -m medmoe_jax.train --config=configs/post_moe.py:0.5b       # Qwen2-0.5B shapes
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
-from medmoe_jax.config import apply_size, base_config
-from medmoe_jax.presets import PAPER_TRAINING
+from medmoe_jax.config import apply_paper_training, apply_size, base_config
 
 
 def get_config(arg=None):
@@ -19,13 +18,5 @@ def get_config(arg=None):
   c.moe.language_routing = "hybrid"
   c.languages.table = "apollo50"
   c.languages.assignment = "family"
-  if c.size not in ("tiny", "small"):
-    c.data.seq_len = PAPER_TRAINING["seq_len"]
-    c.data.batch_size = PAPER_TRAINING["batch_size"]
-    c.train.lr = PAPER_TRAINING["lr"]
-    c.model.dtype = PAPER_TRAINING["dtype"]
-    c.model.remat = PAPER_TRAINING["remat"]
-    c.data.tokenizer = ""  # real sizes use the base model's tokenizer (set a path)
-    c.train.steps = 20000
-    c.train.checkpoint_every = 1000
+  apply_paper_training(c)
   return c

@@ -13,7 +13,7 @@ import ml_collections
 
 from medmoe_jax import languages as langs
 from medmoe_jax.model.spec import ModelSpec, MoESpec, parse_moe_layers, segments_for
-from medmoe_jax.presets import MODEL_SIZES
+from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", "it", "pt",
@@ -75,6 +75,21 @@ def apply_size(c: ml_collections.ConfigDict, size: str) -> None:
     raise ConfigError(f"unknown size {size!r}; choose one of {sorted(MODEL_SIZES)}")
   c.size = size
   c.model.update(MODEL_SIZES[size])
+
+
+def apply_paper_training(c: ml_collections.ConfigDict) -> None:
+  """For the real sizes: the paper's training settings (bf16, 4096-token rows, 32 rows a step,
+  lr 1e-4, remat) and the base model's own tokenizer (set config.data.tokenizer to its path)."""
+  if c.size in ("tiny", "small"):
+    return
+  c.data.seq_len = PAPER_TRAINING["seq_len"]
+  c.data.batch_size = PAPER_TRAINING["batch_size"]
+  c.train.lr = PAPER_TRAINING["lr"]
+  c.model.dtype = PAPER_TRAINING["dtype"]
+  c.model.remat = PAPER_TRAINING["remat"]
+  c.data.tokenizer = ""
+  c.train.steps = 20000
+  c.train.checkpoint_every = 1000
 
 
 def _err(key: str, msg: str) -> ConfigError:
