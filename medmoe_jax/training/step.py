@@ -71,16 +71,30 @@ def forward_loss(params, graphdef, batch, rng, weights: LossWeights, num_langs: 
   return loss, metrics
 
 
-def make_train_step(graphdef, tx, weights: LossWeights, num_langs: int):
-  """Returns train_step(state, batch, rng) -> (state, metrics); jit it with shardings."""
+def make_train_step(graphdef, tx, weights: LossWeights, num_langs: int, *,
+                    skip_nonfinite: bool = False):
+  """Returns train_step(state, batch, rng) -> (state, metrics); jit it with shardings.
+
+  metrics["nonfinite"] is 1.0 when the loss or the gradient norm is NaN/Inf. With
+  skip_nonfinite the step then keeps the old params and optimizer state (a select inside the
+  step: no extra host sync) and only advances the step counter, so the data and the dropout rng
+  move on exactly as in a run without the fault.
+  """
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(forward_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, graphdef, batch, rng, weights, num_langs)
+    (loss, metrics), grads = grad_fn(state.params, graphdef, batch, rng, weights, num_langs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree.map(keep, params, state.params)
+      opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics["grad_norm"] = grad_norm
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
