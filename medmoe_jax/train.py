@@ -113,8 +113,7 @@ class Trainer:
                                               for x in jax.tree.leaves(abstract_state)))
 
     weights = step_lib.LossWeights(c.moe.lb_loss_weight, c.moe.z_loss_weight, c.moe.lpr_loss_weight)
-    train_step = step_lib.make_train_step(self.graphdef, self.tx, weights, len(self.languages),
-                                          skip_nonfinite=c.train.on_nonfinite == "skip")
+    train_step = step_lib.make_train_step(self.graphdef, self.tx, weights, len(self.languages))
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.train_step = jax.jit(train_step, donate_argnums=0,
                               in_shardings=(self.state_shardings, self.batch_sharding, repl),
