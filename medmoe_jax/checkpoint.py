@@ -109,7 +109,11 @@ class Checkpointer:
     if step is None:
       return
     saved = self._mngr.item_metadata(step)["state"]
-    want = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(_as_dict(abstract_state))[0]}
+    # Parameters first: the first mismatch named should be a parameter, not an Adam moment.
+    want = {}
+    for part in ("params", "opt_state", "step"):
+      want.update({f"{part}/{_path_str(p)}".rstrip("/"): x for p, x in
+                   jax.tree_util.tree_flatten_with_path(_as_dict(abstract_state)[part])[0]})
     have = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(
         saved, is_leaf=lambda x: hasattr(x, "shape"))[0]}
     where = f"checkpoint step {step} in {self.directory}"
