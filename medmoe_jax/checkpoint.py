@@ -108,7 +108,10 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return
+    where = f"checkpoint step {step} in {self.directory}"
     saved = self._mngr.item_metadata(step)["state"]
+    if saved is None:
+      raise CheckpointMismatchError(f"{where} has no train state ('state' item); pass a new --workdir")
     # Parameters first: the first mismatch named should be a parameter, not an Adam moment.
     want = {}
     for part in ("params", "opt_state", "step"):
@@ -116,7 +119,6 @@ class Checkpointer:
                    jax.tree_util.tree_flatten_with_path(_as_dict(abstract_state)[part])[0]})
     have = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(
         saved, is_leaf=lambda x: hasattr(x, "shape"))[0]}
-    where = f"checkpoint step {step} in {self.directory}"
     fix = ("resume with the config that wrote it (see config.json next to checkpoints/) or "
            "pass a new --workdir")
     for name, x in want.items():

@@ -172,7 +172,7 @@ class Trainer:
       bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
                  desc=c.name, dynamic_ncols=True)
       acc = _MetricAccumulator(self.languages, count_skips=c.train.on_nonfinite == "skip")
-      if self.restored_window:
+      if getattr(self, "restored_window", None):
         acc.set_state(self.restored_window)
       ckpt = self.checkpointer
       t_last, tokens_since = time.perf_counter(), 0

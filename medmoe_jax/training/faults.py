@@ -24,6 +24,7 @@ import functools
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -175,7 +176,7 @@ def check_workdir(workdir: str) -> None:
     return  # object stores have no cheap probe; Orbax reports their errors on the first save
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
+    probe = os.path.join(workdir, f".write_probe.{socket.gethostname()}.{os.getpid()}")
     with open(probe, "wb") as f:
       f.write(b"medmoe_jax")
       f.flush()
