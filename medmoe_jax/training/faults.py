@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import math
 import os
 import signal
 import socket
@@ -32,8 +31,6 @@ EXIT_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: rerun the same command to resume
-
-NONFINITE_POLICIES = ("stop", "skip")
 
 
 class InputError(ValueError):
@@ -154,10 +151,6 @@ def nonfinite_message(step: int, loss: float, grad_norm: float, last_checkpoint:
   return (f"non-finite numbers at step {step} (loss={loss}, grad_norm={grad_norm}); stopped "
           f"without saving it, {kept}. Lower config.train.lr, raise config.train.warmup_frac or "
           "check the data of that step; config.train.on_nonfinite='skip' drops such updates")
-
-
-def is_finite(*values: float) -> bool:
-  return all(math.isfinite(float(v)) for v in values)
 
 
 # ----------------------------------------------------------------------------- workdir
