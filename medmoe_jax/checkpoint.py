@@ -1,30 +1,61 @@
 """Orbax checkpoints: train state + data-iterator state, async, restorable onto any mesh.
 
-Layout: <workdir>/checkpoints/<step>/{state,data}. Orbax writes each step to a temporary
-directory and renames it when complete, so a half-written step is never picked up.
+Layout: <workdir>/checkpoints/<step>/{state,data}. Orbax (0.12) writes each step into
+`<step>.orbax-checkpoint-tmp`, writes `commit_success.txt` there, and renames it to `<step>` as
+the last act (on object stores, which cannot rename, the commit file alone marks completion).
+Step discovery only lists finalized directories, so a process killed mid-save leaves a tmp
+directory that is never restored; `cleanup_tmp_directories` deletes it at the next start.
+tests/test_kill_resume.py kills a run inside that window and checks both.
+
+A failed save (disk full, permissions) is reported and leaves the previous checkpoints alone:
+Orbax deletes old steps (keep=N) only after the new one has been finalized.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 
+from medmoe_jax.training import faults
 from medmoe_jax.training.step import TrainState
+
+# Test hook (tests/test_kill_resume.py): "STEP:SECONDS" pauses the background save of STEP after
+# every file is written and before the rename that commits it, so a test can SIGKILL the process
+# inside that window deterministically. A stop signal (SIGTERM/SIGINT) ends the pause early.
+PAUSE_ENV = "MEDMOE_TEST_PAUSE_IN_SAVE"
+
+
+class CheckpointMismatchError(faults.InputError):
+  """The checkpoint in the workdir was written for a different model/optimizer shape."""
 
 
 def _as_dict(state: TrainState) -> dict:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
-    self._mngr = ocp.CheckpointManager(self.directory, options=options,
-                                       item_names=("state", "data"))
+    self.failed_steps: list[int] = []
+    self._inflight: int | None = None
+    self._async = bool(async_save)
+    self._pause = _parse_pause(os.environ.get(PAUSE_ENV, "")) if async_save else None
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        async_options=(ocp.AsyncOptions(post_finalization_callback=self._test_pause)
+                       if self._pause else None))
+    # Explicit handlers (not just item names) so that metadata can be read before a restore.
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -33,9 +64,73 @@ class Checkpointer:
     return list(self._mngr.all_steps())
 
   def save(self, step: int, state: TrainState, data_state: dict | None, *, force=False) -> bool:
+    """Start saving `step` (async). Returns False, after printing why, when this save or the
+    previous async one failed; the checkpoints already on disk are untouched either way."""
+    # Orbax would wait for the previous async save anyway; waiting here first attributes its
+    # failure (if any) to its own step.
+    ok = self.wait()
     args = ocp.args.Composite(state=ocp.args.StandardSave(_as_dict(state)),
                               data=ocp.args.JsonSave(data_state or {}))
-    return self._mngr.save(step, args=args, force=force)
+    self._inflight = step
+    try:
+      saved = self._mngr.save(step, args=args, force=force)
+    except Exception as e:  # noqa: BLE001  (any storage error; reported, training goes on)
+      self._failed(step, e)
+      return False
+    if not self._async:
+      self._inflight = None
+    return saved and ok
+
+  def wait(self) -> bool:
+    """Block until the in-flight save is committed. False (after reporting) if it failed."""
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      self._failed(self._inflight, e)
+      return False
+    self._inflight = None
+    return True
+
+  def _failed(self, step: int | None, e: BaseException) -> None:
+    self._inflight = None
+    self._mngr.reload()  # forget the step Orbax listed optimistically before it was committed
+    if step is not None:
+      self.failed_steps.append(step)
+    latest = self.latest_step()
+    kept = (f"step {latest} is the last complete checkpoint" if latest is not None
+            else "no complete checkpoint exists yet")
+    print(f"checkpoint: saving step {step} in {self.directory} failed "
+          f"({faults.describe_save_error(e)}); {kept}", file=sys.stderr, flush=True)
+
+  def check_compatible(self, abstract_state: TrainState, step: int | None = None) -> None:
+    """Raise CheckpointMismatchError naming the first array whose shape (or presence) differs
+    between the checkpoint and `abstract_state`. Reads metadata only: no arrays, no compute."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return
+    where = f"checkpoint step {step} in {self.directory}"
+    saved = self._mngr.item_metadata(step)["state"]
+    if saved is None:
+      raise CheckpointMismatchError(f"{where} has no train state ('state' item); pass a new --workdir")
+    # Parameters first: the first mismatch named should be a parameter, not an Adam moment.
+    want = {}
+    for part in ("params", "opt_state", "step"):
+      want.update({f"{part}/{_path_str(p)}".rstrip("/"): x for p, x in
+                   jax.tree_util.tree_flatten_with_path(_as_dict(abstract_state)[part])[0]})
+    have = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(
+        saved, is_leaf=lambda x: hasattr(x, "shape"))[0]}
+    fix = ("resume with the config that wrote it (see config.json next to checkpoints/) or "
+           "pass a new --workdir")
+    for name, x in want.items():
+      if name not in have:
+        raise CheckpointMismatchError(f"{where} has no {name!r}, which this config needs; {fix}")
+      got = tuple(getattr(have[name], "shape", ()) or ())
+      if got != tuple(x.shape):
+        raise CheckpointMismatchError(
+            f"{where}: {name} has shape {got} there but {tuple(x.shape)} in this config; {fix}")
+    extra = [n for n in have if n not in want]
+    if extra:
+      raise CheckpointMismatchError(f"{where} has {extra[0]!r}, which this config lacks; {fix}")
 
   def restore(self, abstract_state: TrainState, step: int | None = None):
     """abstract_state: TrainState of jax.ShapeDtypeStruct carrying the target shardings (so a
@@ -49,12 +144,26 @@ class Checkpointer:
     s = restored["state"]
     return TrainState(s["step"], s["params"], s["opt_state"]), restored["data"], step
 
-  def wait(self):
-    self._mngr.wait_until_finished()
-
   def close(self):
-    self._mngr.wait_until_finished()
+    self.wait()
     self._mngr.close()
+
+  def _test_pause(self):
+    step, seconds = self._pause
+    if self._inflight == step:
+      print(f"medmoe test hook: checkpoint step {step} is fully written to a temporary directory; "
+            f"pausing {seconds:g}s before committing it", file=sys.stderr, flush=True)
+      faults.wait_for_stop(seconds)
+
+
+def _parse_pause(value: str):
+  if not value:
+    return None
+  try:
+    step, seconds = value.split(":")
+    return int(step), float(seconds)
+  except ValueError:
+    raise ValueError(f"{PAUSE_ENV}={value!r}: expected STEP:SECONDS, e.g. 4:600") from None
 
 
 def abstract_with_shardings(tree, shardings):

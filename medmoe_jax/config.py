@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import ml_collections
 
@@ -18,6 +19,9 @@ from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", "it", "pt",
                     "vi", "th", "sw", "ha", "mg", "ceb", "he", "uk")
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class ConfigError(ValueError):
@@ -32,7 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       MODEL_SIZES["tiny"], head_dim=0,  # 0: d_model // num_heads
-      qkv_bias=True, init_std=0.02, dtype="float32", param_dtype="float32", remat="none"))
+      qkv_bias=True, init_std=0.02, dtype="float32", param_dtype="float32", remat="none",
+      # Longest position RoPE is meant for (Qwen2's pretraining context); data.seq_len above it
+      # is refused. Raise it together with rope_theta when extending the context.
+      max_position_embeddings=32768))
 
   c.moe = ml_collections.ConfigDict(dict(
       layers="last:2",          # "last:N" | "first:N" | "all" | "none" | "every:K" | "2,3"
@@ -64,7 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
       steps=300, lr=3e-3, warmup_frac=0.03, min_lr_ratio=0.1, weight_decay=0.1,
       b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
       freeze="",                # comma-separated regexes over param paths ("a/b/c")
-      log_every=10, checkpoint_every=100, keep_checkpoints=3, async_checkpoint=True))
+      log_every=10, checkpoint_every=100, keep_checkpoints=3, async_checkpoint=True,
+      # NaN/Inf loss or grad norm: "stop" (name the step, keep the last good checkpoint) or
+      # "skip" (drop that update inside the jitted step and count it in metrics).
+      on_nonfinite="stop"))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
   return c
@@ -139,6 +149,10 @@ def mesh_shape(c, num_devices: int) -> dict[str, int]:
 def validate(c, num_devices: int | None = None) -> None:
   """Raise ConfigError on the first problem found. Cheap: no JAX compute."""
   m, moe, d, t = c.model, c.moe, c.data, c.train
+  if not _SAFE_NAME.match(str(c.name)) or set(str(c.name)) <= {"."}:
+    # The default workdir is workdir/<name>: a name with "/" or ".." would write elsewhere.
+    raise _err("name", f"{c.name!r} must be letters, digits, '_', '-' or '.' (it names the "
+               "default workdir); no path separators")
   for key in ("d_model", "num_layers", "num_heads", "num_kv_heads", "d_ff", "vocab_size"):
     if int(m[key]) <= 0:
       raise _err(f"model.{key}", f"must be positive, got {m[key]}")
@@ -188,10 +202,21 @@ def validate(c, num_devices: int | None = None) -> None:
     raise _err("languages.original", "the LPR loss needs original languages; list them here")
   if d.seq_len < 2 or d.batch_size < 1:
     raise _err("data", f"seq_len must be >= 2 and batch_size >= 1, got {d.seq_len}, {d.batch_size}")
+  if not m.rope_theta > 0:
+    raise _err("model.rope_theta", f"RoPE base must be > 0, got {m.rope_theta}")
+  if d.seq_len > m.max_position_embeddings:
+    raise _err("data.seq_len", f"{d.seq_len} exceeds config.model.max_position_embeddings="
+               f"{m.max_position_embeddings}, the longest position RoPE is set up for; lower "
+               "seq_len, or raise max_position_embeddings (and rope_theta) to extend the context")
   if t.steps < 1:
     raise _err("train.steps", f"must be >= 1, got {t.steps}")
   if not 0 <= t.warmup_frac < 1:
     raise _err("train.warmup_frac", f"must be in [0, 1), got {t.warmup_frac}")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    if int(t[key]) < 1:
+      raise _err(f"train.{key}", f"must be >= 1, got {t[key]}")
+  if t.on_nonfinite not in ("stop", "skip"):
+    raise _err("train.on_nonfinite", f"{t.on_nonfinite!r}; use 'stop' or 'skip'")
   if num_devices is not None:
     shape = mesh_shape(c, num_devices)
     batch_shards = shape["data"] * shape["fsdp"] * shape["expert"]

@@ -23,6 +23,23 @@ def _scalarize(metrics: dict, prefix="") -> dict:
   return out
 
 
+def _summary_writer_cls():
+  """tensorboardX's writer module imports torch when it is installed (only to accept torch
+  tensors), which adds seconds to every training start. Hide torch during that one import unless
+  it is already loaded; later `import torch` works as usual."""
+  import sys
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if "torch" in sys.modules and sys.modules["torch"] is None:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
 
   def __init__(self, workdir: str, *, enabled: bool | None = None):
@@ -31,8 +48,7 @@ class MetricsWriter:
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = _summary_writer_cls()(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, record: dict) -> None:
     if not self.enabled:
@@ -58,6 +74,20 @@ def truncate_after(workdir: str, step: int) -> None:
   if jax.process_index() != 0 or not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:
-    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
-  with open(path, "w", encoding="utf-8") as f:
+    lines = [l for l in f if _complete(l) and json.loads(l).get("step", 0) <= step]
+  # Atomic: a process killed right here must not lose the history it is trimming.
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
     f.writelines(lines)
+  os.replace(tmp, path)
+
+
+def _complete(line: str) -> bool:
+  """False for the torn last line a SIGKILL during a write can leave."""
+  if not line.endswith("\n"):
+    return False
+  try:
+    json.loads(line)
+  except json.JSONDecodeError:
+    return False
+  return True

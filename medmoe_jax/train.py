@@ -9,6 +9,7 @@ import dataclasses
 import glob
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -57,7 +58,7 @@ class Trainer:
     from medmoe_jax.data import pipeline, sources
     from medmoe_jax.data.tokenizer import load_tokenizer
     from medmoe_jax.model import Transformer
-    from medmoe_jax.training import optim, step as step_lib
+    from medmoe_jax.training import faults, optim, step as step_lib
 
     c = self.config
     cfg_lib.validate(c, self.mesh.size if self.mesh is not None else jax.device_count())
@@ -65,6 +66,7 @@ class Trainer:
     self.languages = cfg_lib.language_list(c)
     if self.mesh is None:
       self.mesh = sharding.make_mesh(c)
+    faults.check_workdir(self.workdir)  # before the data build and the compile
 
     # Data.
     self.tokenizer = load_tokenizer(c.data.tokenizer)
@@ -72,12 +74,18 @@ class Trainer:
       raise cfg_lib.ConfigError(
           f"config.model.vocab_size={self.spec.vocab_size} is smaller than the tokenizer's "
           f"vocabulary ({self.tokenizer.vocab_size}, {c.data.tokenizer}); raise it")
-    splits = sources.build_text_source(data_files(c), data_dir_for(c, self.workdir), "medmoe_text")
+    files = data_files(c)
     nproc = jax.process_count()
-    self.dataset = pipeline.make_lm_dataset(
-        splits["train"], languages=self.languages, tokenizer=self.tokenizer,
-        seq_len=c.data.seq_len, batch_size=c.data.batch_size // nproc, seed=c.seed,
-        temperature=c.data.temperature, shard_index=jax.process_index(), shard_count=nproc)
+    try:
+      splits = sources.build_text_source(files, data_dir_for(c, self.workdir), "medmoe_text")
+      self.dataset = pipeline.make_lm_dataset(
+          splits["train"], languages=self.languages, tokenizer=self.tokenizer,
+          seq_len=c.data.seq_len, batch_size=c.data.batch_size // nproc, seed=c.seed,
+          temperature=c.data.temperature, shard_index=jax.process_index(), shard_count=nproc)
+    except UnicodeDecodeError as e:  # the codec's message names no file
+      raise faults.InputError(faults.locate_decode_error(files, e)) from None
+    except ValueError as e:  # the data module's messages name file, line and field
+      raise faults.InputError(str(e)) from None
 
     # Model and optimizer, initialised directly into their shardings.
     abstract_model = nnx.eval_shape(lambda: Transformer(self.spec, rngs=nnx.Rngs(0)))
@@ -101,6 +109,9 @@ class Trainer:
     self.abstract_state = abstract_with_shardings(abstract_state, self.state_shardings)
     self._init_state = jax.jit(init_state, out_shardings=self.state_shardings)
 
+    faults.check_free_space(self.workdir, sum(x.size * x.dtype.itemsize
+                                              for x in jax.tree.leaves(abstract_state)))
+
     weights = step_lib.LossWeights(c.moe.lb_loss_weight, c.moe.z_loss_weight, c.moe.lpr_loss_weight)
     train_step = step_lib.make_train_step(self.graphdef, self.tx, weights, len(self.languages))
     self.batch_sharding = sharding.batch_sharding(self.mesh)
@@ -110,22 +121,33 @@ class Trainer:
     self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
                                      keep=c.train.keep_checkpoints,
                                      async_save=c.train.async_checkpoint)
+    self.checkpointer.check_compatible(self.abstract_state)  # metadata only, before compute
     return self
 
   def initial_state(self):
-    """Restore the latest checkpoint if one exists, else initialise. Returns (state, iterator)."""
+    """Restore the latest checkpoint if one exists, else initialise. Returns (state, iterator);
+    the restored partial metrics window (if any) is left in self.restored_window."""
     iterator = iter(self.dataset)
+    self.restored_window = None
     latest = self.checkpointer.latest_step()
     if latest is None:
       return self._init_state(), iterator
     state, data_state, step = self.checkpointer.restore(self.abstract_state)
+    data_state = dict(data_state or {})
+    self.restored_window = data_state.pop(_WINDOW_KEY, None)
     if data_state:
       iterator.set_state(data_state)
     print(f"resuming from checkpoint step {step} in {self.checkpointer.directory}", flush=True)
     return state, iterator
 
   def run(self, *, stop_at: int | None = None, progress: bool = True):
-    """Train until config.train.steps (or stop_at). Returns the final state."""
+    """Train until config.train.steps (or stop_at). Returns the final state.
+
+    Faults (training/faults.py): SIGTERM/SIGINT -> checkpoint at the current step, raise
+    Preempted; non-finite loss/grad norm -> raise NonFiniteError ("stop") or skip the update
+    ("skip"); a failed save is reported and training goes on, but a failed last save raises
+    CheckpointSaveError.
+    """
     import jax
     import numpy as np
     from tqdm import tqdm
@@ -133,44 +155,83 @@ class Trainer:
     from medmoe_jax import config as cfg_lib
     from medmoe_jax import sharding
     from medmoe_jax.metrics import MetricsWriter, truncate_after
+    from medmoe_jax.training import faults
 
     c = self.config
     os.makedirs(self.workdir, exist_ok=True)
     if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(cfg_lib.to_json(c))
-    state, iterator = self.initial_state()
-    start = int(jax.device_get(state.step))
-    truncate_after(self.workdir, start)
-    writer = MetricsWriter(self.workdir)
-    total = int(c.train.steps) if stop_at is None else min(int(c.train.steps), stop_at)
-    rng = jax.random.key(int(c.seed) + 1)
-    bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
-               desc=c.name, dynamic_ncols=True)
-    acc = _MetricAccumulator(self.languages)
-    t_last, tokens_since = time.perf_counter(), 0
-    step = start
-    while step < total:
-      batch = next(iterator)
-      tokens_since += int(np.sum(batch["segment_ids"] > 0)) * jax.process_count()
-      state, metrics = self.train_step(state, sharding.global_batch(batch, self.mesh), rng)
-      step += 1
-      acc.add(metrics)
-      if step % c.train.log_every == 0 or step == total:
-        record = acc.summary()
-        dt = time.perf_counter() - t_last
-        record["tokens_per_sec"] = tokens_since / max(dt, 1e-9)
-        record["lr"] = float(self._lr(step))
-        writer.write(step, record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_sec']:.0f}")
-        t_last, tokens_since = time.perf_counter(), 0
-      bar.update(1)
-      if step % c.train.checkpoint_every == 0 or step == total:
-        self.checkpointer.save(step, state, iterator.get_state())
-    bar.close()
-    self.checkpointer.wait()
-    writer.close()
+      _write_atomic(os.path.join(self.workdir, "config.json"), cfg_lib.to_json(c))
+    guard = faults.PreemptionGuard()
+    with guard:  # from here on SIGTERM/SIGINT mean "checkpoint, then stop"
+      state, iterator = self.initial_state()
+      start = int(jax.device_get(state.step))
+      truncate_after(self.workdir, start)
+      writer = MetricsWriter(self.workdir)
+      total = int(c.train.steps) if stop_at is None else min(int(c.train.steps), stop_at)
+      rng = jax.random.key(int(c.seed) + 1)
+      bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0,
+                 desc=c.name, dynamic_ncols=True)
+      acc = _MetricAccumulator(self.languages, count_skips=c.train.on_nonfinite == "skip")
+      if getattr(self, "restored_window", None):
+        acc.set_state(self.restored_window)
+      ckpt = self.checkpointer
+      t_last, tokens_since = time.perf_counter(), 0
+      step = start
+      try:
+        while step < total:
+          if guard.should_stop(step):
+            if ckpt.latest_step() != step:
+              self._save(step, state, iterator, acc)
+            if not ckpt.wait() or ckpt.latest_step() != step:
+              raise faults.CheckpointSaveError(
+                  f"{guard.received} at step {step}, but its checkpoint could not be written; "
+                  f"the last complete checkpoint is step {ckpt.latest_step()} in {ckpt.directory}")
+            raise faults.Preempted(
+                f"{guard.received} at step {step}: checkpoint written to {ckpt.directory}; run "
+                "the same command to resume", step)
+          batch = next(iterator)
+          tokens_since += int(np.sum(batch["segment_ids"] > 0)) * jax.process_count()
+          state, metrics = self.train_step(state, sharding.global_batch(batch, self.mesh), rng)
+          step += 1
+          m = jax.device_get(metrics)  # the one host sync per step
+          if m.pop("nonfinite") > 0:
+            loss, gnorm = float(m["total_loss"]), float(m["grad_norm"])
+            if c.train.on_nonfinite != "skip":
+              ckpt.wait()  # let the last good save commit; this step's state is never saved
+              latest = ckpt.latest_step()
+              raise faults.NonFiniteError(
+                  faults.nonfinite_message(step, loss, gnorm, latest, ckpt.directory), step, latest)
+            acc.skipped += 1
+            print(f"step {step}: non-finite loss={loss} grad_norm={gnorm}; update skipped "
+                  "(config.train.on_nonfinite='skip')", file=sys.stderr, flush=True)
+          else:
+            acc.add(m)
+          if step % c.train.log_every == 0 or step == total:
+            record = acc.summary()
+            dt = time.perf_counter() - t_last
+            record["tokens_per_sec"] = tokens_since / max(dt, 1e-9)
+            record["lr"] = float(self._lr(step))
+            writer.write(step, record)
+            bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
+                            tok_s=f"{record['tokens_per_sec']:.0f}")
+            t_last, tokens_since = time.perf_counter(), 0
+          bar.update(1)
+          if step % c.train.checkpoint_every == 0 or step == total:
+            self._save(step, state, iterator, acc)
+        if not ckpt.wait() or ckpt.latest_step() != step:
+          raise faults.CheckpointSaveError(
+              f"the checkpoint of the final step {step} could not be written (see above); the "
+              f"last complete one is step {ckpt.latest_step()} in {ckpt.directory}; free space "
+              "and run the same command again to redo the steps since")
+      finally:
+        bar.close()
+        writer.close()
     return state
+
+  def _save(self, step, state, iterator, acc):
+    data_state = dict(iterator.get_state())
+    data_state[_WINDOW_KEY] = acc.get_state()  # so a resumed log window averages the same steps
+    return self.checkpointer.save(step, state, data_state)
 
   def _lr(self, step):
     from medmoe_jax.training.optim import lr_schedule
@@ -178,6 +239,16 @@ class Trainer:
 
   def close(self):
     self.checkpointer.close()
+
+
+_WINDOW_KEY = "_metrics_window"  # reserved key in the checkpoint's data item
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def _shard_like_params(opt_state, param_shardings, default):
@@ -203,14 +274,27 @@ def _keys(path):
 
 
 class _MetricAccumulator:
-  """Averages step metrics between log points; per-language loss from token-weighted sums."""
+  """Averages step metrics between log points; per-language loss from token-weighted sums.
+  Its state goes into checkpoints, so a run resumed mid-window logs what an uninterrupted one
+  would. Skipped (non-finite) steps are counted, not averaged."""
 
-  def __init__(self, languages):
+  def __init__(self, languages, count_skips: bool = False):
     self.languages = list(languages)
+    self.count_skips = count_skips
     self.reset()
 
   def reset(self):
-    self.n, self.sums, self.arrays = 0, {}, {}
+    self.n, self.sums, self.arrays, self.skipped = 0, {}, {}, 0
+
+  def get_state(self) -> dict:
+    import numpy as np
+    return {"n": self.n, "skipped": self.skipped,
+            "arrays": {k: np.asarray(v, np.float64).tolist() for k, v in self.arrays.items()}}
+
+  def set_state(self, s: dict) -> None:
+    import numpy as np
+    self.n, self.skipped = int(s["n"]), int(s.get("skipped", 0))
+    self.arrays = {k: np.asarray(v, np.float64) for k, v in s["arrays"].items()}
 
   def add(self, metrics):
     import jax
@@ -242,6 +326,8 @@ class _MetricAccumulator:
           l: [round(float(hits[j, i] / toks[j, i]), 4) for j in range(hits.shape[0])]
           for i, l in enumerate(self.languages) if toks[0, i] > 0}
     out["tokens"] = float(a.get("tokens", 0))
+    if self.count_skips:
+      out["skipped_steps"] = self.skipped
     self.reset()
     return out
 
@@ -261,4 +347,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from medmoe_jax.training.faults import exit_codes
+  app.run(exit_codes(main))

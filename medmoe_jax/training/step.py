@@ -84,15 +84,28 @@ def init_train_state(spec, train_cfg, *, seed: int = 0, freeze: list[str] | None
 
 
 def make_train_step(graphdef, tx, weights: LossWeights, num_langs: int):
-  """Returns train_step(state, batch, rng) -> (state, metrics); jit it with shardings."""
+  """Returns train_step(state, batch, rng) -> (state, metrics); jit it with shardings.
+
+  A non-finite loss or gradient norm never reaches the state: the step then keeps the old params
+  and optimizer state (a select that XLA fuses into the update: no extra pass, no host sync) and
+  only advances the step counter, so data and dropout rng move on as in a run without the fault.
+  metrics["nonfinite"] (1.0 on such a step) lets the host apply config.train.on_nonfinite:
+  stop the run, or count the skip and go on.
+  """
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(forward_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, graphdef, batch, rng, weights, num_langs)
+    (loss, metrics), grads = grad_fn(state.params, graphdef, batch, rng, weights, num_langs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics["grad_norm"] = grad_norm
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

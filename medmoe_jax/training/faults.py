@@ -1,0 +1,248 @@
+"""What a run does when something goes wrong: preemption, non-finite numbers, bad disks, bad input.
+
+Why one module: the train loop only composes; the policy for each fault (and the exit code a
+scheduler sees) lives here, so it is written down once and the README can point at it.
+
+  fault                                  behaviour                                      exit code
+  SIGTERM / SIGINT (preemption, Ctrl-C)  checkpoint at the current step, then stop        75
+  non-finite loss or grad norm           "stop": stop, name the step, keep the last       3
+                                         good checkpoint; "skip": drop the update
+                                         inside the jitted step, count it, go on
+  a checkpoint save fails                report, keep the previous checkpoint, go on;     4
+                                         the run fails only if its last save fails
+  bad config / input / workdir           one line naming what and where, before compute   2
+
+75 is EX_TEMPFAIL ("try again"): a preempted run is not finished, so a scheduler that restarts
+failed jobs restarts it, and `train && eval` does not evaluate a half-trained model.
+
+Imports nothing heavy at module level: the CLI wrapper must be importable before JAX.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+import socket
+import sys
+import threading
+
+EXIT_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_SAVE_FAILED = 4
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: rerun the same command to resume
+
+
+class InputError(ValueError):
+  """Bad user input (data files, paths, checkpoints) found before compute; one-line message."""
+
+
+class WorkdirError(OSError):
+  """The workdir cannot hold this run's outputs (not writable, not enough space)."""
+
+
+class NonFiniteError(FloatingPointError):
+  """Loss or gradient norm became NaN/Inf with config.train.on_nonfinite="stop"."""
+
+  def __init__(self, message: str, step: int, last_checkpoint: int | None):
+    super().__init__(message)
+    self.step, self.last_checkpoint = step, last_checkpoint
+
+
+class CheckpointSaveError(OSError):
+  """A checkpoint that the run needs (its last one, or the preemption one) was not written."""
+
+
+class Preempted(Exception):
+  """SIGTERM/SIGINT arrived; a checkpoint at `step` was written and the run stopped early."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
+
+
+# ----------------------------------------------------------------------------- preemption
+
+_stop_event = threading.Event()
+
+
+def stop_requested() -> bool:
+  """True once SIGTERM/SIGINT asked this process to stop (set by PreemptionGuard)."""
+  return _stop_event.is_set()
+
+
+def wait_for_stop(timeout: float) -> bool:
+  """Sleep up to `timeout` seconds, waking early when a stop is requested."""
+  return _stop_event.wait(timeout)
+
+
+class PreemptionGuard:
+  """Turns SIGTERM/SIGINT into "checkpoint at the next step boundary, then stop".
+
+  A signal handler may run between any two bytecodes, including inside Orbax; all it does is set
+  a flag that the train loop reads once per step. A second signal of the same kind restores the
+  default action and re-delivers it, so a stuck save can still be interrupted.
+
+  Multi-process runs (jax.process_count() > 1) must agree on the step at which to save, or the
+  collective save deadlocks. There JAX's preemption service already listens for SIGTERM, and
+  `should_stop(step)` asks it through `multihost_utils.reached_preemption_sync_point`, which
+  returns True on every host at the same step.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self.signals = tuple(signals)
+    self.received: str | None = None
+    self._previous: dict[int, object] = {}
+    self._multiprocess = False
+
+  def __enter__(self):
+    import jax
+    _stop_event.clear()
+    self._multiprocess = jax.process_count() > 1
+    if self._multiprocess or threading.current_thread() is not threading.main_thread():
+      # Multi-process: JAX's preemption notifier owns SIGTERM, and a local-only stop flag
+      # could not be acted on anyway. Off the main thread, Python cannot install handlers.
+      return self
+    for sig in self.signals:
+      self._previous[sig] = signal.getsignal(sig)
+      signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+    return False
+
+  def _handle(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if _stop_event.is_set():
+      # Second signal: give up on the clean stop and let the default action happen.
+      signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
+      os.kill(os.getpid(), signum)
+      return
+    self.received = name
+    _stop_event.set()
+    print(f"received {name}: writing a checkpoint at the end of the current step, then "
+          f"stopping (exit code {EXIT_PREEMPTED}); send it again to stop now", file=sys.stderr,
+          flush=True)
+
+  def should_stop(self, step: int) -> bool:
+    if self._multiprocess:
+      from jax.experimental import multihost_utils
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.received = self.received or "SIGTERM"
+          return True
+      except RuntimeError:
+        pass  # no preemption service (jax_enable_preemption_service off)
+      return False
+    return _stop_event.is_set()
+
+
+# ----------------------------------------------------------------------------- non-finite
+
+
+def nonfinite_message(step: int, loss: float, grad_norm: float, last_checkpoint: int | None,
+                      checkpoint_dir: str) -> str:
+  kept = (f"the last good checkpoint is step {last_checkpoint} in {checkpoint_dir}"
+          if last_checkpoint is not None else "no checkpoint was written before it")
+  return (f"non-finite numbers at step {step} (loss={loss}, grad_norm={grad_norm}); stopped "
+          f"without saving it, {kept}. Lower config.train.lr, raise config.train.warmup_frac or "
+          "check the data of that step; config.train.on_nonfinite='skip' drops such updates")
+
+
+# ----------------------------------------------------------------------------- workdir
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def check_workdir(workdir: str) -> None:
+  """Create `workdir` and prove a file can be written there; WorkdirError otherwise.
+
+  Runs before data building and compilation, so a typo'd or read-only --workdir costs seconds.
+  """
+  if _is_remote(workdir):
+    return  # object stores have no cheap probe; Orbax reports their errors on the first save
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe.{socket.gethostname()}.{os.getpid()}")
+    with open(probe, "wb") as f:
+      f.write(b"medmoe_jax")
+      f.flush()
+      os.fsync(f.fileno())
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"workdir {os.path.abspath(workdir)!r} is not writable "
+                       f"({e.strerror or e}); pass --workdir=<a writable directory>") from None
+
+
+def check_free_space(workdir: str, checkpoint_bytes: int) -> None:
+  """Refuse to start when the disk cannot hold even one checkpoint (it would fail at the first
+  save, after the compile and the first `checkpoint_every` steps)."""
+  if _is_remote(workdir):
+    return
+  import shutil
+  free = shutil.disk_usage(workdir).free
+  if free < checkpoint_bytes:
+    raise WorkdirError(
+        f"workdir {os.path.abspath(workdir)!r} has {free / 2**20:.1f} MiB free but one checkpoint "
+        f"needs about {checkpoint_bytes / 2**20:.1f} MiB; free space or pass another --workdir")
+
+
+def describe_save_error(e: BaseException) -> str:
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    return f"{type(e).__name__}: {e.strerror} (disk full or a file-size limit)"
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def locate_decode_error(files, error: UnicodeDecodeError) -> str:
+  """The first file:line that is not UTF-8, for a UnicodeDecodeError raised while reading `files`
+  (the codec's own message names neither)."""
+  for path in files:
+    try:
+      with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+          try:
+            raw.decode("utf-8")
+          except UnicodeDecodeError as e:
+            return (f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); re-encode the file as UTF-8")
+    except OSError:
+      continue
+  return f"input is not UTF-8 ({error}); re-encode the data files as UTF-8"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def exit_codes(main):
+  """Wrap an absl main: expected faults print one line to stderr and exit with their code;
+  anything else keeps its traceback (a bug, not a fault)."""
+  from medmoe_jax.config import ConfigError
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except Preempted as e:
+      print(f"preempted: {e}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_PREEMPTED)
+    except NonFiniteError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_NONFINITE)
+    except CheckpointSaveError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_SAVE_FAILED)
+    except (ConfigError, InputError, WorkdirError, FileNotFoundError) as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(EXIT_INPUT)
+
+  return wrapped
