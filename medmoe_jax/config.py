@@ -56,8 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.languages = ml_collections.ConfigDict(dict(
       table="apollo50",         # "apollo50" | "glottolog" | "major12"
       assignment="family",      # "family" | "language"
-      use=list(SAMPLE_LANGUAGES),
-      original=[],              # MoE-LPR: languages routed to the frozen expert 0 by the LPR loss
+      use=tuple(SAMPLE_LANGUAGES),  # a tuple so --config.languages.use="('en','zh')" works
+      original=(),              # MoE-LPR: languages routed to the frozen expert 0 by the LPR loss
       paper_ne_alias=False))
   c.languages.custom_families = ml_collections.ConfigDict()  # code -> family name
 
