@@ -82,7 +82,8 @@ def test_build_writes_array_record_without_tensorflow(built):
   )
   assert len(val) == n_val and len(train) == n_total - n_val
   assert [val[i]["lang"] for i in range(len(val))] == list(val.record_langs)
-  assert set(train[0]) == {"text", "lang", "source"} and isinstance(train[0]["text"], str)
+  assert set(train[0]) == {"text", "lang", "source", "prompt_spans"}
+  assert isinstance(train[0]["text"], str) and train[0]["prompt_spans"] == []
 
 
 def test_split_every_tenth_record_and_order(tmp_path):
@@ -107,7 +108,7 @@ def test_build_is_noop_when_inputs_unchanged_and_rebuilds_when_changed(tmp_path)
 
   _write_jsonl(tmp_path / "a.jsonl", [_rec("alpha"), _rec("delta", lang="de")])
   ds = sources.build_text_source([f], out, "noop")
-  assert len(ds["train"]) == 1 and ds["train"][0] == {"text": "delta", "lang": "de", "source": "t"}
+  assert len(ds["train"]) == 1 and ds["train"][0] == {"text": "delta", "lang": "de", "source": "t", "prompt_spans": []}
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
   foreign = tmp_path / "out" / "mine" / sources.FORMAT_VERSION
   foreign.mkdir(parents=True)
   (foreign / "precious.txt").write_text("keep")
-  with pytest.raises(ValueError, match="not written by build_text_source"):
+  with pytest.raises(ValueError, match="not written by medmoe_jax"):
     sources.build_text_source([f], tmp_path / "out", "mine")
   assert (foreign / "precious.txt").read_text() == "keep"
 
