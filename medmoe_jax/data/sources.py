@@ -416,12 +416,12 @@ class _Scan:
 @contextlib.contextmanager
 def _lock(path: pathlib.Path):
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)  # never written: a reused build touches nothing
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def _split_paths(version_dir: pathlib.Path, name: str, split: str) -> list[str]:
