@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=1.0,          # language sampling p_l ~ n_l^(1/T); larger T favours minor ones
       on_error="raise",         # bad input: "raise" (error naming file/line/field) | "skip" (count)
       validation_every=10,      # record i of each file with i % N == 0 is validation; 0 = none
+      packing="first_fit",      # "first_fit" (documents whole, rows padded) | "concat" (rows full)
       num_threads=2, prefetch=2))  # pipeline read/tokenize threads; batches prepared ahead
 
   c.train = ml_collections.ConfigDict(dict(
@@ -208,6 +209,8 @@ def _validate_data(c) -> None:
     raise _err("data.on_error", f"{d.on_error!r}; use 'raise' or 'skip'")
   if not d.temperature > 0:
     raise _err("data.temperature", f"must be > 0, got {d.temperature}")
+  if d.packing not in ("first_fit", "concat"):
+    raise _err("data.packing", f"{d.packing!r}; use 'first_fit' or 'concat'")
   if d.validation_every < 0:
     raise _err("data.validation_every", f"must be >= 0, got {d.validation_every}")
   if d.num_threads < 0 or d.prefetch < 0:

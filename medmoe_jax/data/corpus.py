@@ -87,7 +87,8 @@ def train_dataset(c, workdir: str, tokenizer, process_index: int = 0, process_co
       train, languages=_languages(c), tokenizer=tokenizer, seq_len=c.data.seq_len,
       batch_size=c.data.batch_size // process_count, seed=c.seed,
       temperature=c.data.temperature, shard_index=process_index, shard_count=process_count,
-      num_threads=int(c.data.num_threads), prefetch=int(c.data.prefetch))
+      num_threads=int(c.data.num_threads), prefetch=int(c.data.prefetch),
+      packing=c.data.packing)
 
 
 # ---------------------------------------------------------------- statistics

@@ -26,15 +26,25 @@ partition one stream and each process reads and tokenizes only its part.
 
 Records are read and tokenized READ_BATCH at a time (one ArrayRecord batch read, one batch
 encode) by `num_threads` threads. Each document becomes BOS + tokens + EOS, cut into chunks of
-at most seq_len tokens, and chunks are packed into rows by grain's first-fit packing, with
-`lang_ids` and `loss_mask` packed alongside `tokens`. A background thread keeps `prefetch`
-finished batches ready, so the training loop does not wait for packing.
+at most seq_len tokens, and chunks are packed into rows, with `lang_ids` and `loss_mask` packed
+alongside `tokens`:
+  packing="first_fit"  grain's first-fit packing into batch_size bins: a document (up to seq_len)
+                       is never split; rows are padded. Right for supervised records and short
+                       documents; corpora of documents near seq_len/2 leave rows ~25% padding
+                       (see BENCHMARKS.md).
+  packing="concat"     concatenate, then split at seq_len: rows are full; a document may end in
+                       the next row (a new segment there, positions from 0), as in most
+                       pretraining pipelines.
+A background thread keeps `prefetch` finished batches ready, so the training loop does not wait
+for packing.
 """
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
+import weakref
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -46,6 +56,7 @@ from medmoe_jax.data import tokenizer as tokenizer_lib
 READ_BATCH = 32
 NUM_THREADS = 2
 PREFETCH = 2
+PACKING = ("first_fit", "concat")
 
 
 def mixture_weights(counts: Mapping[str, int], temperature: float = 1.0) -> dict[str, float]:
@@ -251,23 +262,44 @@ def _to_batch(batch_size: int):
   return finalize
 
 
+# Prefetch iterators still alive at interpreter exit are closed by atexit, while the modules their
+# __del__ needs are still there (grain's own __del__ otherwise prints an ignored AttributeError).
+_LIVE = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_iterators():
+  for it in list(_LIVE):
+    it.close()
+
+
+class _Prefetch(grain.experimental.ThreadPrefetchIterDataset):
+
+  def __iter__(self):
+    it = super().__iter__()
+    _LIVE.add(it)
+    return it
+
+
 def _tokenize_pack_batch(records: grain.MapDataset, source, tok, languages, seq_len, batch_size,
-                         seed, shuffle_bins, num_threads, prefetch) -> grain.IterDataset:
+                         seed, shuffle_bins, num_threads, prefetch, packing) -> grain.IterDataset:
+  if packing not in PACKING:
+    raise ValueError(f"packing must be one of {PACKING}, got {packing!r}")
   lang_index = {lang: i for i, lang in enumerate(languages)}
   ds = records.batch(READ_BATCH, drop_remainder=False).map(_ReadTokenize(source, tok, lang_index))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=4 * max(num_threads, 1)))
   ds = grain.experimental.FlatMapIterDataset(ds, _SplitChunks(seq_len))
-  ds = grain.experimental.FirstFitPackIterDataset(
-      ds,
-      length_struct={"tokens": seq_len, "lang_ids": seq_len, "loss_mask": seq_len},
-      num_packing_bins=batch_size,
-      seed=seed,
-      shuffle_bins=shuffle_bins,
-  )
+  lengths = {"tokens": seq_len, "lang_ids": seq_len, "loss_mask": seq_len}
+  if packing == "first_fit":
+    ds = grain.experimental.FirstFitPackIterDataset(
+        ds, length_struct=lengths, num_packing_bins=batch_size, seed=seed,
+        shuffle_bins=shuffle_bins)
+  else:
+    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct=lengths)
   ds = ds.batch(batch_size, drop_remainder=False).map(_to_batch(batch_size))
   if prefetch:
-    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+    ds = _Prefetch(ds, prefetch_buffer_size=prefetch)
   return ds
 
 
@@ -289,6 +321,7 @@ def make_lm_dataset(
     repeat: bool = True,
     num_threads: int = NUM_THREADS,
     prefetch: int = PREFETCH,
+    packing: str = "first_fit",
 ) -> grain.IterDataset:
   """Training batches from `source`: a TextSource, a ConcatSource (several weighted sources),
   or any sequence of {"text", "lang"[, "prompt_spans"]} records.
@@ -298,6 +331,7 @@ def make_lm_dataset(
   mixture. repeat=False: one epoch, every selected record of this shard exactly once in a seeded
   shuffled order (natural proportions; `temperature` and weights do not apply), the last batch
   padded with empty rows. `tokenizer` is a Tokenizer or a spec for `load_tokenizer`.
+  `packing`: "first_fit" or "concat" (see the module docstring).
   """
   _check_args(seq_len, batch_size, shard_index, shard_count)
   tok = _load_tokenizer(tokenizer)
@@ -313,7 +347,7 @@ def make_lm_dataset(
     records = grain.MapDataset.range(len(all_idx)).map(_Permuted(all_idx, seed))
   records = records[shard_index::shard_count]
   return _tokenize_pack_batch(records, source, tok, languages, seq_len, batch_size, seed, True,
-                              num_threads, prefetch)
+                              num_threads, prefetch, packing)
 
 
 def make_eval_batches(
@@ -343,4 +377,4 @@ def make_eval_batches(
   all_idx = np.sort(np.concatenate([g[3] for g in groups]))
   records = grain.MapDataset.source(all_idx)[shard_index::shard_count]
   return _tokenize_pack_batch(records, source, tok, languages, seq_len, batch_size, 0, False,
-                              num_threads, 0)
+                              num_threads, 0, "first_fit")
