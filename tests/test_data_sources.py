@@ -251,7 +251,35 @@ def test_prepare_cli_builds_once_and_saves_statistics(tmp_path):
   assert stats["sources"]["ceb"]["documents"]["train"] == {"ceb": 3}
   assert stats["sources"]["sample"]["tokens"]["train"]["en"]["tokens"] > 0
   assert "building source 'web'" in first and "detector chose {'en': 4, 'zh': 4}" in first
-  mtime = stats_file.stat().st_mtime_ns
-  second = subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
-  assert "building" not in second and "already built (inputs unchanged): sample, web, ceb" in second
-  assert stats_file.stat().st_mtime_ns == mtime
+  # The same config again (in-process, to save a second interpreter start): nothing is written.
+  from conftest import load_config
+  from medmoe_jax.data import corpus, tokenizer
+  c = load_config("post_moe")
+  c.data.sources, c.data.on_error = srcs, "skip"
+  stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()}
+  printed = []
+  again = corpus.prepare(c, str(tmp_path / "run"), tokenizer.load_tokenizer("sample"), log=printed.append)
+  assert again["built_now"] == [] and "already built (inputs unchanged): sample, web, ceb" in printed
+  assert {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()} == stamp
+
+
+def test_apollo_style_files_with_language_from_path(tmp_path):
+  # Apollo's corpus: JSON arrays of [question, answer] lists (or of strings), language in the name.
+  qa = tmp_path / "Medical_Exam_en_sampled.json"
+  qa.write_text(json.dumps([["Which organ makes erythropoietin?", "The kidney."],
+                            ["Sign of puberty in boys?", "Testicular enlargement."]]), "utf-8")
+  (tmp_path / "zh").mkdir()
+  text = tmp_path / "zh" / "part-0.json"
+  text.write_text(json.dumps(["高血压是一种慢性病。", "糖尿病需要控制血糖。"], ensure_ascii=False), "utf-8")
+  built = sources.build_source(_spec([qa, text], lang="from_path"), tmp_path / "out",
+                               detect=["en", "zh", "ar"], validation_every=0)
+  st = built.stats
+  assert st["documents"]["train"] == {"en": 2, "zh": 2} and st["supervised"] == 2
+  assert st["languages_from_paths"] == {str(qa): "en", str(text): "zh"}
+  first = built["train"][0]
+  assert first["text"] == "Which organ makes erythropoietin?\nThe kidney."
+  assert first["prompt_spans"] == [[0, len("Which organ makes erythropoietin?\n")]]
+  with pytest.raises(ValueError, match=r"ambiguous: 'en_zh_pairs' names \['en', 'zh'\]"):
+    specs.lang_from_path("/x/en_zh_pairs.jsonl", ["en", "zh"])
+  with pytest.raises(ValueError, match="found none of the languages"):
+    specs.lang_from_path("/data/notes.txt", ["en", "zh"])

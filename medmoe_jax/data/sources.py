@@ -316,6 +316,8 @@ class _Scan:
     self.spec, self.files, self.on_error, self.every = spec, files, on_error, every
     self.candidates, self.known = candidates, known
     self.detector = None
+    self.file_lang = spec.lang
+    self.path_langs: dict[str, str] = {}
     self.runs: dict[str, list[list[Any]]] = {s: [] for s in SPLITS}
     self.docs = {s: collections.Counter() for s in SPLITS}
     self.chars: collections.Counter = collections.Counter()
@@ -341,8 +343,8 @@ class _Scan:
                                 f"{rec.lang!r}; use an ISO 639 code (e.g. 'en') or declare it in "
                                 "config.languages.custom_families", field="lang")
       return lang
-    if self.spec.lang:
-      return self.spec.lang
+    if self.file_lang:
+      return self.file_lang
     if self.detector is None:
       self.detector = self._make_detector(path, loc)
     lang, prob = self.detector.classify(rec.text)
@@ -370,6 +372,10 @@ class _Scan:
     try:
       for path in self.files:
         kept = 0
+        self.file_lang = self.spec.lang
+        if self.spec.lang == specs.FROM_PATH:
+          self.file_lang = specs.lang_from_path(path, self.candidates)
+          self.path_langs[path] = self.file_lang
         for loc, rec in formats.iter_records(path, self.spec.kind):
           if isinstance(rec, formats.DataError):
             self._bad(rec)
@@ -406,8 +412,10 @@ class _Scan:
         "chars": dict(sorted(self.chars.items())),
         "supervised": self.supervised,
         "detected": dict(sorted(self.detected.items())),
-        "detect_candidates": list(self.candidates) if self.detected else [],
+        "detect_candidates": (list(self.candidates) if self.detected or self.path_langs
+                              else []),
         "low_confidence": int(self.low_confidence),
+        "languages_from_paths": self.path_langs,
         "skipped": dict(sorted(self.skipped.items())),
         "skipped_examples": self.examples,
     }
@@ -473,7 +481,8 @@ def build_source(
             "metadata.json); choose another data_dir or source name, or remove it")
       # Detection candidates matter only to a build that detected something.
       same = old["fingerprint"] == base and (
-          not old["stats"]["detected"] or old["stats"]["detect_candidates"] == list(candidates))
+          not old["stats"]["detected"] and spec.lang != specs.FROM_PATH
+          or old["stats"]["detect_candidates"] == list(candidates))
       meta = old if same else None
     built = meta is None
     if built:

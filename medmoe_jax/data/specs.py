@@ -8,7 +8,9 @@
 A dict names a source and its options:
   paths   str or list of str   files or globs (.jsonl, .json, .parquet, .txt; optionally .gz)
   name    str                  dataset name, [a-z][a-z0-9_]*; default: from the first path
-  lang    str                  language of records that carry no `lang` field; "" = detect
+  lang    str                  language of records that carry no `lang` field; "" = detect;
+                               "from_path": the language code in each file's name (or, failing
+                               that, its directories' names), e.g. Medical_Exam_en.json, ceb/x.txt
   detect  list of str          languages the detector may choose for this source's untagged
                                records; default: config.languages.use. Every one must be a
                                language the detector knows (langid.DETECTABLE): a language it
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 
 KINDS = ("auto", "text", "sft")
 SAMPLE = "sample"
+FROM_PATH = "from_path"
 SAMPLE_TEXT_DIR = pathlib.Path(__file__).resolve().parent / "sample" / "text"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _KEYS = ("paths", "name", "lang", "detect", "weight", "kind")
@@ -140,7 +143,8 @@ def parse_sources(value) -> list[SourceSpec]:
     if kind not in KINDS:
       raise ValueError(f"{where}.kind: {kind!r}; use one of {', '.join(KINDS)}")
     specs.append(SourceSpec(name=name, paths=tuple(p.strip() for p in paths),
-                            lang=normalize_lang(lang) if lang else "", detect=detect,
+                            lang=lang if lang in ("", FROM_PATH) else normalize_lang(lang),
+                            detect=detect,
                             weight=float(weight), kind=kind))
   # Names derived from paths may collide (two "train.jsonl"): number them; explicit ones must not.
   seen: dict[str, int] = {}
@@ -179,10 +183,33 @@ class KnownLanguages:
     return code in langid.detectable()
 
 
+def lang_from_path(path: str, candidates: Sequence[str]) -> str:
+  """The one code of `candidates` among the words of a file's name, else of its directories'.
+
+  "Medical_Exam_en_sampled.json" -> "en", "lpr/ceb/part-0.txt" -> "ceb". Only candidate codes
+  (the config's languages) count, so ordinary words ("data", "no") are not read as languages.
+  Raises ValueError when no level names exactly one.
+  """
+  cands = set(candidates)
+  p = pathlib.PurePath(path)
+  name = p.name
+  for suffix in (".gz", ".jsonl", ".json", ".parquet", ".txt"):
+    name = name[: -len(suffix)] if name.endswith(suffix) else name
+  for level in [name, *(d.name for d in list(p.parents)[:3])]:
+    found = sorted({w for w in re.split(r"[^a-z]+", level.lower()) if w in cands})
+    if len(found) == 1:
+      return found[0]
+    if len(found) > 1:
+      raise ValueError(f"{path}: lang='from_path' is ambiguous: {level!r} names {found}; give "
+                       "the source an explicit `lang`")
+  raise ValueError(f"{path}: lang='from_path' found none of the languages {sorted(cands)} in the "
+                   "file or directory names; rename, or give the source an explicit `lang`")
+
+
 def check_sources(specs: Sequence[SourceSpec], known_languages) -> None:
   """Checks the languages specs name (default `lang`, `detect`) against the known codes."""
   for i, s in enumerate(specs):
-    if s.lang and s.lang not in known_languages:
+    if s.lang and s.lang != FROM_PATH and s.lang not in known_languages:
       raise ValueError(f"[{i}].lang: unknown language {s.lang!r}; use an ISO 639 code or declare "
                        "it in config.languages.custom_families")
     for code in s.detect or ():
