@@ -131,6 +131,7 @@ def corpus_stats(c, built: list[sources.BuiltSource], tokenizer=None) -> dict[st
   for b in built:
     s = dict(b.stats)
     s["directory"] = str(b.directory)
+    s["weight"] = b.spec.weight  # not part of the build: a reweighted source is not rebuilt
     if tokenizer is not None:
       s["tokens"] = count_tokens(b, tokenizer)
     out["sources"][b.spec.name] = s

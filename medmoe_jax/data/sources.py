@@ -407,7 +407,6 @@ class _Scan:
   def stats(self) -> dict[str, Any]:
     return {
         "name": self.spec.name, "files": len(self.files), "kind": self.spec.kind,
-        "weight": self.spec.weight,
         "documents": {s: dict(sorted(self.docs[s].items())) for s in SPLITS},
         "chars": dict(sorted(self.chars.items())),
         "supervised": self.supervised,
