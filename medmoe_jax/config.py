@@ -62,10 +62,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.languages.custom_families = ml_collections.ConfigDict()  # code -> family name
 
   c.data = ml_collections.ConfigDict(dict(
-      sources="sample",         # "sample" or comma-separated JSONL paths/globs
-      data_dir="",              # where built ArrayRecord datasets live; "" = <workdir>/../data
-      tokenizer="sample",       # "sample" (shipped sentencepiece) or a .model path
-      seq_len=256, batch_size=8, temperature=1.0))
+      # "sample", comma-separated paths/globs, or a list of paths and source dicts
+      # {paths, name, lang, detect, weight, kind} (see medmoe_jax/data/specs.py)
+      sources=ml_collections.FieldReference("sample", field_type=object),
+      data_dir="",              # where built ArrayRecord datasets live; "" = <workdir>/data
+      tokenizer="sample",       # "sample", a sentencepiece .model, a tokenizer.json or HF model dir
+      seq_len=256, batch_size=8,
+      temperature=1.0,          # language sampling p_l ~ n_l^(1/T); larger T favours minor ones
+      on_error="raise",         # bad input: "raise" (error naming file/line/field) | "skip" (count)
+      validation_every=10,      # record i of each file with i % N == 0 is validation; 0 = none
+      packing="first_fit",      # "first_fit" (documents whole, rows padded) | "concat" (rows full)
+      num_threads=2, prefetch=2))  # pipeline read/tokenize threads; batches prepared ahead
 
   c.train = ml_collections.ConfigDict(dict(
       steps=300, lr=3e-3, warmup_frac=0.03, min_lr_ratio=0.1, weight_decay=0.1,
@@ -208,6 +215,7 @@ def validate(c, num_devices: int | None = None) -> None:
     raise _err("data.seq_len", f"{d.seq_len} exceeds config.model.max_position_embeddings="
                f"{m.max_position_embeddings}, the longest position RoPE is set up for; lower "
                "seq_len, or raise max_position_embeddings (and rope_theta) to extend the context")
+  _validate_data(c)
   if t.steps < 1:
     raise _err("train.steps", f"must be >= 1, got {t.steps}")
   if not 0 <= t.warmup_frac < 1:
@@ -233,6 +241,25 @@ def validate(c, num_devices: int | None = None) -> None:
         raise _err("mesh.tensor", f"tensor={tp} does not divide {key}={val}")
     if m.d_model % shape["fsdp"]:
       raise _err("mesh.fsdp", f"fsdp={shape['fsdp']} does not divide model.d_model={m.d_model}")
+
+
+def _validate_data(c) -> None:
+  d = c.data
+  if d.on_error not in ("raise", "skip"):
+    raise _err("data.on_error", f"{d.on_error!r}; use 'raise' or 'skip'")
+  if not d.temperature > 0:
+    raise _err("data.temperature", f"must be > 0, got {d.temperature}")
+  if d.packing not in ("first_fit", "concat"):
+    raise _err("data.packing", f"{d.packing!r}; use 'first_fit' or 'concat'")
+  if d.validation_every < 0:
+    raise _err("data.validation_every", f"must be >= 0, got {d.validation_every}")
+  if d.num_threads < 0 or d.prefetch < 0:
+    raise _err("data", f"num_threads and prefetch must be >= 0, got {d.num_threads}, {d.prefetch}")
+  from medmoe_jax.data import corpus  # light: no tfds/grain import until data is read
+  try:
+    corpus.source_specs(c)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def model_spec(c) -> ModelSpec:

@@ -6,7 +6,6 @@ laptop CPU in minutes. Running the same command again resumes from the last chec
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -22,22 +21,14 @@ flags.DEFINE_string("workdir", None, "Checkpoints, logs, metrics; default ./work
 
 
 def data_files(c) -> list[str]:
-  from medmoe_jax.data import sources
-  if c.data.sources == "sample":
-    return sources.sample_files()
-  files = []
-  for pattern in [p.strip() for p in str(c.data.sources).split(",") if p.strip()]:
-    found = sorted(glob.glob(os.path.expanduser(pattern)))
-    if not found:
-      raise FileNotFoundError(f"config.data.sources: {pattern!r} matches no file")
-    files.extend(found)
-  return files
+  """The input files of every source of config.data.sources."""
+  from medmoe_jax.data import corpus
+  return [f for spec in corpus.source_specs(c) for f in spec.files()]
 
 
 def data_dir_for(c, workdir: str) -> str:
-  if c.data.data_dir:
-    return os.path.expanduser(c.data.data_dir)
-  return os.path.join(os.path.dirname(os.path.abspath(workdir)), "data")
+  from medmoe_jax.data import corpus
+  return corpus.data_dir_for(c, workdir)
 
 
 @dataclasses.dataclass
@@ -55,7 +46,7 @@ class Trainer:
     from medmoe_jax import config as cfg_lib
     from medmoe_jax import sharding
     from medmoe_jax.checkpoint import Checkpointer, abstract_with_shardings
-    from medmoe_jax.data import pipeline, sources
+    from medmoe_jax.data import corpus
     from medmoe_jax.data.tokenizer import load_tokenizer
     from medmoe_jax.model import Transformer
     from medmoe_jax.training import faults, optim, step as step_lib
@@ -75,13 +66,9 @@ class Trainer:
           f"config.model.vocab_size={self.spec.vocab_size} is smaller than the tokenizer's "
           f"vocabulary ({self.tokenizer.vocab_size}, {c.data.tokenizer}); raise it")
     files = data_files(c)
-    nproc = jax.process_count()
     try:
-      splits = sources.build_text_source(files, data_dir_for(c, self.workdir), "medmoe_text")
-      self.dataset = pipeline.make_lm_dataset(
-          splits["train"], languages=self.languages, tokenizer=self.tokenizer,
-          seq_len=c.data.seq_len, batch_size=c.data.batch_size // nproc, seed=c.seed,
-          temperature=c.data.temperature, shard_index=jax.process_index(), shard_count=nproc)
+      self.dataset = corpus.train_dataset(c, self.workdir, self.tokenizer,
+                                          jax.process_index(), jax.process_count())
     except UnicodeDecodeError as e:  # the codec's message names no file
       raise faults.InputError(faults.locate_decode_error(files, e)) from None
     except ValueError as e:  # the data module's messages name file, line and field

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from medmoe_jax.data import pipeline, sources, tokenizer
+from medmoe_jax.data import corpus, pipeline, sources, tokenizer
 
 LANGS = ["en", "zh", "ar", "hi", "th", "sw"]
 
@@ -82,7 +82,8 @@ def test_build_writes_array_record_without_tensorflow(built):
   )
   assert len(val) == n_val and len(train) == n_total - n_val
   assert [val[i]["lang"] for i in range(len(val))] == list(val.record_langs)
-  assert set(train[0]) == {"text", "lang", "source"} and isinstance(train[0]["text"], str)
+  assert set(train[0]) == {"text", "lang", "source", "prompt_spans"}
+  assert isinstance(train[0]["text"], str) and train[0]["prompt_spans"] == []
 
 
 def test_split_every_tenth_record_and_order(tmp_path):
@@ -107,7 +108,7 @@ def test_build_is_noop_when_inputs_unchanged_and_rebuilds_when_changed(tmp_path)
 
   _write_jsonl(tmp_path / "a.jsonl", [_rec("alpha"), _rec("delta", lang="de")])
   ds = sources.build_text_source([f], out, "noop")
-  assert len(ds["train"]) == 1 and ds["train"][0] == {"text": "delta", "lang": "de", "source": "t"}
+  assert len(ds["train"]) == 1 and ds["train"][0] == {"text": "delta", "lang": "de", "source": "t", "prompt_spans": []}
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
   foreign = tmp_path / "out" / "mine" / sources.FORMAT_VERSION
   foreign.mkdir(parents=True)
   (foreign / "precious.txt").write_text("keep")
-  with pytest.raises(ValueError, match="not written by build_text_source"):
+  with pytest.raises(ValueError, match="not written by medmoe_jax"):
     sources.build_text_source([f], tmp_path / "out", "mine")
   assert (foreign / "precious.txt").read_text() == "keep"
 
@@ -293,3 +294,135 @@ def test_eval_batches_per_language(built, tok, docs_by_lang):
   assert n_docs == sum(val.lang_counts()[lang] for lang in LANGS)
   with pytest.raises(ValueError, match="'fr' is not in languages"):
     pipeline.make_eval_batches(val, languages=LANGS, tokenizer=tok, seq_len=64, batch_size=2, language="fr")
+
+
+# ---------------------------------------------------------------- weighted sources, supervised records
+
+
+def test_group_weights_temperature_then_source_weights():
+  groups = [("en", "a", 1.0, 100), ("en", "b", 3.0, 100), ("sw", "c", 2.0, 10)]
+  p = pipeline.group_weights(groups, 1.0)  # m_en = 400, m_sw = 20
+  assert p == pytest.approx([400 / 420 * 0.25, 400 / 420 * 0.75, 20 / 420])
+  p = pipeline.group_weights(groups, 2.0)  # p_l ~ sqrt(m_l)
+  z = 20 + 20 ** 0.5
+  assert p == pytest.approx([20 / z * 0.25, 20 / z * 0.75, 20 ** 0.5 / z])
+  # Equal weights reduce to the per-language temperature mixture.
+  same = pipeline.group_weights([("en", "a", 1.0, 90), ("sw", "a", 1.0, 10)], 2.0)
+  assert same == pytest.approx(list(pipeline.mixture_weights({"en": 90, "sw": 10}, 2.0).values()))
+
+
+def test_source_weights_change_source_frequency(tok):
+  part = lambda tag, n: [{"text": f"{tag} {i}", "lang": "en"} for i in range(n)]  # noqa: E731
+  src = sources.ConcatSource([("a", part("alpha", 40), 3.0), ("b", part("beta", 40), 1.0),
+                              ("c", part("gamma", 40), 0.0)])
+  ds = pipeline.make_lm_dataset(src, languages=["en"], tokenizer=tok, seq_len=64, batch_size=4,
+                                seed=0)
+  it = iter(ds)
+  words = collections.Counter(tok.decode(t).split()[0] for _ in range(12) for _, t in _segments(next(it)))
+  assert words["gamma"] == 0  # weight 0: validation only
+  assert words["alpha"] / (words["alpha"] + words["beta"]) == pytest.approx(0.75, abs=0.03)
+
+
+def test_supervised_prompts_get_no_loss(tmp_path, tok):
+  qa = [{"question": f"Question {i}: what treats malaria?", "answer": f"Artemisinin, dose {i}.",
+         "lang": "en"} for i in range(20)]
+  chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                       {"role": "user", "content": "Fever?"}, {"role": "assistant", "content": "Rest."}],
+          "lang": "en"}
+  f = _write_jsonl(tmp_path / "sft.jsonl", [json.dumps(r) for r in qa + [chat, {"text": "Plain.", "lang": "en"}]])
+  built = sources.build_source(sources.SourceSpec("sft", (f,)), tmp_path / "out", validation_every=0)
+  ds = pipeline.make_lm_dataset(built["train"], languages=["en"], tokenizer=tok, seq_len=512,
+                                batch_size=2, seed=0, repeat=False)
+  seen = collections.Counter()
+  for b in ds:
+    for r in range(2):
+      for s in set(b["segment_ids"][r].tolist()) - {0}:
+        where = b["segment_ids"][r] == s
+        toks, mask = b["tokens"][r][where], b["loss_mask"][r][where]
+        prompt, target = tok.decode(toks[mask == 0]), tok.decode(toks[mask == 1])
+        assert toks[0] == tok.bos_id and toks[-1] == tok.eos_id and mask[-1] == 1
+        if prompt.startswith("Question"):
+          i = int(prompt.split()[1][:-1])
+          assert (prompt, target) == (f"Question {i}: what treats malaria?\n", f"Artemisinin, dose {i}.")
+          seen["qa"] += 1
+        elif prompt:
+          assert (prompt, target) == ("Hi\nFever?\n", "Hello.\nRest.")
+          seen["chat"] += 1
+        else:
+          assert target == "Plain." and mask.all()  # a text record: every token is a target
+          seen["text"] += 1
+  assert seen == {"qa": 20, "chat": 1, "text": 1}
+
+
+# ---------------------------------------------------------------- a config's corpus
+
+
+def _corpus_config(tmp_path, extra_sources=()):
+  from conftest import load_config
+  c = load_config("post_moe")
+  c.data.update(dict(data_dir=str(tmp_path / "data"), seq_len=64, batch_size=4, temperature=2.0))
+  c.data.sources = ["sample", *extra_sources]
+  return c
+
+
+def test_resume_gives_batches_k_to_k_plus_5_of_the_uninterrupted_run(tmp_path, tok):
+  sft = _write_jsonl(tmp_path / "qa.jsonl", [json.dumps(
+      {"question": f"Q{i} fever?", "answer": f"A{i} paracetamol.", "lang": lang})
+      for i in range(30) for lang in ("en", "sw")])
+  c = _corpus_config(tmp_path, [{"paths": sft, "name": "qa", "weight": 2.0}])
+  k = 4
+
+  def run():
+    return iter(corpus.train_dataset(c, str(tmp_path / "run"), tok))
+
+  uninterrupted = _take(run(), k + 6)
+  first = run()
+  _assert_same(_take(first, k), uninterrupted[:k])
+  state = json.loads(json.dumps(first.get_state()))  # as the Orbax checkpoint stores it
+  resumed = run()  # a new process: new dataset, new iterator
+  resumed.set_state(state)
+  _assert_same(_take(resumed, 6), uninterrupted[k:])
+  assert any(b["loss_mask"][b["segment_ids"] > 0].min() == 0 for b in uninterrupted)  # SFT seen
+  c.seed = 1
+  assert not all((a["tokens"] == b["tokens"]).all() for a, b in zip(_take(run(), 3), uninterrupted))
+
+
+def test_prepare_counts_and_is_a_noop_when_built(tmp_path, tok, docs_by_lang):
+  c = _corpus_config(tmp_path)
+  stats = corpus.prepare(c, str(tmp_path / "run"), tok, log=None)
+  assert stats["built_now"] == ["sample"]
+  src = stats["sources"]["sample"]
+  val = {lang: len([d for i, d in enumerate(docs) if i % 10 == 0]) for lang, docs in docs_by_lang.items()}
+  assert src["documents"]["validation"] == val
+  assert src["documents"]["train"] == {lang: len(d) - val[lang] for lang, d in docs_by_lang.items()}
+  for lang in ("zh", "sw"):  # tokens: the tokenizer's ids of every train document, no BOS/EOS
+    expected = sum(len(d) - 2 for i, d in enumerate(docs_by_lang[lang]) if i % 10)
+    assert src["tokens"]["train"][lang]["tokens"] == expected
+    assert stats["by_language"][lang]["train_tokens"] == expected
+  probs = [v["mixture_probability"] for v in stats["by_language"].values()]
+  assert sum(probs) == pytest.approx(1.0) and stats["missing_languages"] == []
+  data = tmp_path / "data"
+  stamp = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
+  again = corpus.prepare(c, str(tmp_path / "run"), tok, log=None)
+  assert again["built_now"] == [] and {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == stamp
+  assert json.loads(open(corpus.stats_path(c, str(tmp_path / "run"))).read()) == {
+      k: v for k, v in again.items() if k != "built_now"}
+
+
+def test_concat_packing_fills_rows_and_resumes(tok, docs_by_lang):
+  src = [{"text": t, "lang": lang} for lang in ("en", "zh") for t in
+         [tok.decode(d) for d in docs_by_lang[lang]]]
+  kw = dict(languages=["en", "zh"], tokenizer=tok, seq_len=100, batch_size=3, seed=2, packing="concat")
+  batches = list(pipeline.make_lm_dataset(src, repeat=False, **kw))
+  rows = [r for b in batches for r in range(3) if b["segment_ids"][r].any()]
+  full = sum(int((b["segment_ids"][r] > 0).all()) for b in batches for r in range(3))
+  assert full >= len(rows) - 1  # every row is full but the very last
+  got = collections.Counter(x for b in batches for x in b["tokens"][b["segment_ids"] > 0].tolist())
+  assert got == collections.Counter(x for lang in ("en", "zh") for d in docs_by_lang[lang] for x in d)
+  it = iter(pipeline.make_lm_dataset(src, **kw))
+  _take(it, 2)
+  state = json.loads(json.dumps(it.get_state()))
+  rest = _take(it, 4)
+  resumed = iter(pipeline.make_lm_dataset(src, **kw))
+  resumed.set_state(state)
+  _assert_same(_take(resumed, 4), rest)
