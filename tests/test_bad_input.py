@@ -78,7 +78,7 @@ GOOD = '{"text": "fever and cough", "lang": "en"}\n'
 
 @pytest.mark.parametrize("content, where, what", [
     ((GOOD + '{"text": "x", "lang": "en"\n').encode(), ":2:", "malformed JSON"),
-    ((GOOD + '{"text": "x"}\n').encode(), ":2:", "missing field 'lang'"),
+    ((GOOD + '{"lang": "en", "body": "x"}\n').encode(), ":2:", "missing field 'text'"),
     (b"\n\n", ":1:", "empty file"),
     (GOOD.encode() + '{"text": "fièvre", "lang": "fr"}\n'.encode("latin-1"), ":2:",
      "not UTF-8 (byte 0xe8 at column 13)"),

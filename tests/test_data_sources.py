@@ -244,7 +244,7 @@ def test_prepare_cli_builds_once_and_saves_statistics(tmp_path):
          "--config.data.on_error=skip"]
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
   first = subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True).stdout
-  stats_file = tmp_path / "data" / "stats_post_moe.json"
+  stats_file = tmp_path / "run" / "data" / "stats_post_moe.json"
   stats = json.loads(stats_file.read_text())
   web = stats["sources"]["web"]
   assert web["detected"] == {"en": 4, "zh": 4} and web["skipped"] == {"malformed_json": 1}
@@ -256,11 +256,11 @@ def test_prepare_cli_builds_once_and_saves_statistics(tmp_path):
   from medmoe_jax.data import corpus, tokenizer
   c = load_config("post_moe")
   c.data.sources, c.data.on_error = srcs, "skip"
-  stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()}
+  stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "data").rglob("*") if p.is_file()}
   printed = []
   again = corpus.prepare(c, str(tmp_path / "run"), tokenizer.load_tokenizer("sample"), log=printed.append)
   assert again["built_now"] == [] and "already built (inputs unchanged): sample, web, ceb" in printed
-  assert {p: p.stat().st_mtime_ns for p in (tmp_path / "data").rglob("*") if p.is_file()} == stamp
+  assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "data").rglob("*") if p.is_file()} == stamp
 
 
 def test_apollo_style_files_with_language_from_path(tmp_path):
