@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import time
 
 GiB = 1024**3
 
@@ -173,9 +174,11 @@ def _fmt_time(s: float) -> str:
   return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def _fit_advice(c) -> str:
-  return ("raise config.mesh.fsdp (shards parameters and optimizer state), set "
-          "config.model.remat=full, lower config.data.batch_size, or use more devices")
+_SHARD_STATE = ("shard them with config.mesh.fsdp (e.g. --config.mesh.data=1 "
+                "--config.mesh.fsdp=-1) or use more devices")
+_SHRINK_ACTIVATIONS = ("set config.model.remat=full, use fewer rows per device (a lower "
+                       "config.data.batch_size, or config.mesh.tensor=2 to split each row's "
+                       "activations), raise config.mesh.fsdp, or use more devices")
 
 
 def run(c, topology: str | None = None, num_devices: int | None = None, *,
@@ -192,7 +195,6 @@ def run(c, topology: str | None = None, num_devices: int | None = None, *,
   use_fake_devices(n)
 
   import jax
-  import time
 
   from medmoe_jax import sharding
   if trainer_cls is None:
@@ -201,16 +203,15 @@ def run(c, topology: str | None = None, num_devices: int | None = None, *,
   acc = topo.accelerator
   mesh = sharding.make_mesh(c, jax.devices()[:n])
   trainer = trainer_cls(c, workdir="", mesh=mesh).setup_step()
-  state = trainer.abstract_state
+  state, batch, rng = trainer.abstract_step_inputs()
   params_b = per_device_bytes(state.params)
   opt_b = per_device_bytes(state.opt_state)
   if check_fit and acc and params_b + opt_b > acc.memory_bytes:
     raise DryRunError(
         f"{c.name} ({c.size}) on {topo.name}: parameters {_fmt_bytes(params_b)} + optimizer state "
         f"{_fmt_bytes(opt_b)} per device already exceed the {_fmt_bytes(acc.memory_bytes)} of a "
-        f"{acc.name} device (mesh {dict(mesh.shape)}); {_fit_advice(c)}")
+        f"{acc.name} device (mesh {dict(mesh.shape)}); {_SHARD_STATE}")
 
-  state, batch, rng = trainer.abstract_step_inputs()
   b, s = int(c.data.batch_size), int(c.data.seq_len)
 
   t0 = time.perf_counter()
@@ -253,7 +254,7 @@ def run(c, topology: str | None = None, num_devices: int | None = None, *,
         f"{c.name} ({c.size}) on {topo.name} does not fit: {_fmt_bytes(total_b)} per device "
         f"(parameters {_fmt_bytes(params_b)}, optimizer {_fmt_bytes(opt_b)}, activations and "
         f"temporaries {_fmt_bytes(mem.temp_size_in_bytes)}) > {_fmt_bytes(acc.memory_bytes)} of a "
-        f"{acc.name} device (mesh {dict(mesh.shape)}); {_fit_advice(c)}")
+        f"{acc.name} device (mesh {dict(mesh.shape)}); {_SHRINK_ACTIVATIONS}")
   return report
 
 

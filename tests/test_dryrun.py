@@ -82,7 +82,7 @@ def test_what_cannot_fit_fails_before_compiling():
   # 7b, data parallel only, 8 x v6e (32 GiB): f32 parameters + Adam alone are ~127 GB a device.
   c = load_config("post_moe", "7b")
   c.data.batch_size = 8
-  with pytest.raises(dryrun.DryRunError, match=r"already exceed the 32.00 GiB .* raise config.mesh.fsdp"):
+  with pytest.raises(dryrun.DryRunError, match=r"already exceed the 32.00 GiB .* shard them with config.mesh.fsdp"):
     dryrun.run(c, topology="v6e-8")
 
 
