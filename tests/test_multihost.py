@@ -125,8 +125,11 @@ def test_two_processes_equal_one(reference):
   np.testing.assert_allclose(_losses(workdir), ref_losses, rtol=1e-5)
   assert len(ref_losses) == STEPS
 
-  # Both processes wrote their parts of the checkpoint; it restores here (one process, same
-  # mesh) to the single-process run's parameters.
+  # Both processes wrote their parts of the checkpoint, each its own data position; it restores
+  # here (one process, same mesh) to the single-process run's parameters.
+  data_dir = workdir / "checkpoints" / str(STEPS) / "data"
+  assert sorted(p.name for p in data_dir.glob("process_*.json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
   t = Trainer(_config(root / "data"), str(workdir)).setup()
   state, data_state, step = t.checkpointer.restore(t.abstract_state)
   t.close()
