@@ -9,14 +9,22 @@ tests/test_kill_resume.py kills a run inside that window and checks both.
 
 A failed save (disk full, permissions) is reported and leaves the previous checkpoints alone:
 Orbax deletes old steps (keep=N) only after the new one has been finalized.
+
+With several processes, every process writes its shards of `state` and its own data-iterator
+state (data/process_<i>-of-<n>.json, grain's Orbax handler): each process reads its own shard of
+the data, so each needs its own position back.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 
+import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from medmoe_jax.training import faults
 from medmoe_jax.training.step import TrainState
@@ -31,6 +39,23 @@ class CheckpointMismatchError(faults.InputError):
   """The checkpoint in the workdir was written for a different model/optimizer shape."""
 
 
+class _IteratorState:
+  """What grain's checkpoint handler saves and restores per process (get_state/set_state), for a
+  state dict we already hold."""
+
+  def __init__(self, state: dict | None = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state or {}).encode()
+
+  def set_state(self, raw: bytes) -> None:
+    self.state = json.loads(raw.decode())
+
+  def start_prefetch(self) -> None:
+    pass
+
+
 def _as_dict(state: TrainState) -> dict:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
@@ -42,7 +67,8 @@ def _path_str(path) -> str:
 class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    # gs://... (shared by all hosts) stays a URL; Orbax writes it through etils.epath.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.failed_steps: list[int] = []
     self._inflight: int | None = None
     self._async = bool(async_save)
@@ -55,7 +81,7 @@ class Checkpointer:
     # Explicit handlers (not just item names) so that metadata can be read before a restore.
     self._mngr = ocp.CheckpointManager(
         self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -70,7 +96,7 @@ class Checkpointer:
     # failure (if any) to its own step.
     ok = self.wait()
     args = ocp.args.Composite(state=ocp.args.StandardSave(_as_dict(state)),
-                              data=ocp.args.JsonSave(data_state or {}))
+                              data=grain.checkpoint.CheckpointSave(_IteratorState(data_state)))
     self._inflight = step
     try:
       saved = self._mngr.save(step, args=args, force=force)
@@ -138,11 +164,17 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    restored = self._mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_as_dict(abstract_state)),
-        data=ocp.args.JsonRestore()))
+    items = dict(state=ocp.args.StandardRestore(_as_dict(abstract_state)))
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if (epath.Path(self.directory) / str(step) / "data" / mine).exists():
+      items["data"] = grain.checkpoint.CheckpointRestore(_IteratorState())
+    else:  # written by another number of processes: the data shards differ
+      logging.warning("checkpoint %s step %d has no data-iterator state for %s; parameters and "
+                      "optimizer restored, the data stream starts over", self.directory, step, mine)
+    restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
     s = restored["state"]
-    return TrainState(s["step"], s["params"], s["opt_state"]), restored["data"], step
+    data_state = restored["data"].state if "data" in items else None
+    return TrainState(s["step"], s["params"], s["opt_state"]), data_state, step
 
   def close(self):
     self.wait()

@@ -11,8 +11,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from medmoe_jax.config import MESH_AXES, mesh_shape
+from medmoe_jax.model.layers import BATCH_MESH_AXES
 
-BATCH_AXES = ("data", "fsdp", "expert")
+BATCH_AXES = BATCH_MESH_AXES
 
 # logical name -> mesh axis (or None = replicated). Parameters and activations both use these.
 LOGICAL_RULES = (
@@ -75,6 +76,15 @@ def state_shardings(abstract_state, mesh: Mesh, rules=LOGICAL_RULES):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batches [B, S]: B over the data-parallel axes, S replicated."""
   return NamedSharding(mesh, P(BATCH_AXES, None))
+
+
+def on_mesh(fn, mesh: Mesh):
+  """fn traced with `mesh` as the ambient mesh, so the model's activation constraints
+  (layers.constrain_batch) apply. Wrap a step before jax.jit."""
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

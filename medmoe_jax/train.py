@@ -17,7 +17,19 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/post_moe.py", "Config file (Python, get_config).",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, logs, metrics; default ./workdir/<config.name>.")
+flags.DEFINE_string("workdir", None, "Checkpoints, logs, metrics; default ./workdir/<config.name>. "
+                    "A gs:// URL keeps checkpoints there and logs in --logdir.")
+# Scaling out (README "Scaling out"; medmoe_jax/distributed.py, medmoe_jax/dryrun.py).
+flags.DEFINE_string("logdir", None, "With a gs:// --workdir: local directory for metrics.jsonl, "
+                    "TensorBoard and config.json (process 0); default /tmp/medmoe_jax/<config.name>.")
+flags.DEFINE_bool("dry_run", False, "Compile the train step for --topology or --num_devices on "
+                  "fake CPU devices and report memory, FLOPs and the MFU-bound step time; no training.")
+flags.DEFINE_string("topology", None, "Dry run target: v5p-N (TensorCores), v6e-N (chips), h100-N.")
+flags.DEFINE_integer("num_devices", None, "Dry run target: N devices (no peak, no step time).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0's "
+                    "coordinator (not needed on TPU pods or under SLURM, which are detected).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's id in [0, num_processes).")
 
 
 def data_files(c) -> list[str]:
@@ -37,17 +49,69 @@ class Trainer:
   config: object
   workdir: str
   mesh: object = None
+  # Where checkpoints go; default <workdir>/checkpoints. May be a gs:// URL shared by all hosts.
+  checkpoint_dir: str | None = None
 
   def setup(self):
+    """Model, optimizer and jitted step (setup_step), then this process's data and the
+    checkpointer."""
+    import jax
+
+    from medmoe_jax import config as cfg_lib
+    from medmoe_jax.checkpoint import Checkpointer
+    from medmoe_jax.data import corpus
+    from medmoe_jax.distributed import barrier, data_shard
+    from medmoe_jax.training import faults
+    from medmoe_jax.data.tokenizer import load_tokenizer
+
+    self.setup_step()
+    c = self.config
+    faults.check_workdir(self.workdir)  # before the data build and the first compile
+    faults.check_free_space(self.workdir, sum(x.size * x.dtype.itemsize
+                                              for x in jax.tree.leaves(self.abstract_state)))
+
+    # Data: each process reads the shard of the global batch its devices hold.
+    self.tokenizer = load_tokenizer(c.data.tokenizer)
+    if self.tokenizer.vocab_size > self.spec.vocab_size:
+      raise cfg_lib.ConfigError(
+          f"config.model.vocab_size={self.spec.vocab_size} is smaller than the tokenizer's "
+          f"vocabulary ({self.tokenizer.vocab_size}, {c.data.tokenizer}); raise it")
+    files = data_files(c)
+    # Several processes may share a disk: process 0 builds the dataset, the others then read it.
+    multi = jax.process_count() > 1
+    if multi and jax.process_index() != 0:
+      barrier("medmoe_jax: dataset built")
+    shard_index, shard_count = data_shard(self.mesh, c.data.batch_size)
+    try:
+      self.dataset = corpus.train_dataset(c, self.workdir, self.tokenizer, shard_index, shard_count)
+    except UnicodeDecodeError as e:  # the codec's message names no file
+      raise faults.InputError(faults.locate_decode_error(files, e)) from None
+    except ValueError as e:  # the data module's messages name file, line and field
+      raise faults.InputError(str(e)) from None
+    if multi and jax.process_index() == 0:
+      barrier("medmoe_jax: dataset built")
+    # Every process writes its own parts of a checkpoint to the same (shared) directory.
+    self.checkpointer = Checkpointer(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"),
+                                     keep=c.train.keep_checkpoints,
+                                     async_save=c.train.async_checkpoint)
+    self.checkpointer.check_compatible(self.abstract_state)  # metadata only, before compute
+    if multi:
+      # Compile, then meet: no process should sit in the first step's collectives while another
+      # is still compiling (CPU collectives time out after 30 s).
+      self.train_step = self.train_step.lower(*self.abstract_step_inputs()).compile()
+      barrier("medmoe_jax: train step compiled")
+    return self
+
+  def setup_step(self):
+    """Spec, mesh, shardings, optimizer and the jitted train step; reads no data, writes no
+    file (the dry run stops here and compiles `train_step` on abstract inputs)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from medmoe_jax import config as cfg_lib
     from medmoe_jax import sharding
-    from medmoe_jax.checkpoint import Checkpointer, abstract_with_shardings
-    from medmoe_jax.data import corpus
-    from medmoe_jax.data.tokenizer import load_tokenizer
+    from medmoe_jax.checkpoint import abstract_with_shardings
     from medmoe_jax.model import Transformer
     from medmoe_jax.training import faults, optim, step as step_lib
 
@@ -57,22 +121,6 @@ class Trainer:
     self.languages = cfg_lib.language_list(c)
     if self.mesh is None:
       self.mesh = sharding.make_mesh(c)
-    faults.check_workdir(self.workdir)  # before the data build and the compile
-
-    # Data.
-    self.tokenizer = load_tokenizer(c.data.tokenizer)
-    if self.tokenizer.vocab_size > self.spec.vocab_size:
-      raise cfg_lib.ConfigError(
-          f"config.model.vocab_size={self.spec.vocab_size} is smaller than the tokenizer's "
-          f"vocabulary ({self.tokenizer.vocab_size}, {c.data.tokenizer}); raise it")
-    files = data_files(c)
-    try:
-      self.dataset = corpus.train_dataset(c, self.workdir, self.tokenizer,
-                                          jax.process_index(), jax.process_count())
-    except UnicodeDecodeError as e:  # the codec's message names no file
-      raise faults.InputError(faults.locate_decode_error(files, e)) from None
-    except ValueError as e:  # the data module's messages name file, line and field
-      raise faults.InputError(str(e)) from None
 
     # Model and optimizer, initialised directly into their shardings.
     abstract_model = nnx.eval_shape(lambda: Transformer(self.spec, rngs=nnx.Rngs(0)))
@@ -96,20 +144,28 @@ class Trainer:
     self.abstract_state = abstract_with_shardings(abstract_state, self.state_shardings)
     self._init_state = jax.jit(init_state, out_shardings=self.state_shardings)
 
-    faults.check_free_space(self.workdir, sum(x.size * x.dtype.itemsize
-                                              for x in jax.tree.leaves(abstract_state)))
 
     weights = step_lib.LossWeights(c.moe.lb_loss_weight, c.moe.z_loss_weight, c.moe.lpr_loss_weight)
     train_step = step_lib.make_train_step(self.graphdef, self.tx, weights, len(self.languages))
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    self.train_step = jax.jit(train_step, donate_argnums=0,
+    self.train_step = jax.jit(sharding.on_mesh(train_step, self.mesh), donate_argnums=0,
                               in_shardings=(self.state_shardings, self.batch_sharding, repl),
                               out_shardings=(self.state_shardings, repl))
-    self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
-                                     keep=c.train.keep_checkpoints,
-                                     async_save=c.train.async_checkpoint)
-    self.checkpointer.check_compatible(self.abstract_state)  # metadata only, before compute
     return self
+
+  def abstract_step_inputs(self):
+    """(state, batch, rng) as ShapeDtypeStructs with their shardings: train_step's arguments,
+    for compiling ahead of time (dry run, multi-process start)."""
+    import jax
+    import jax.numpy as jnp
+
+    from medmoe_jax import sharding
+    b, s = int(self.config.data.batch_size), int(self.config.data.seq_len)
+    batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32, sharding=self.batch_sharding)
+             for k in ("tokens", "segment_ids", "positions", "lang_ids", "loss_mask")}
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(self.mesh))
+    return self.abstract_state, batch, rng
 
   def initial_state(self):
     """Restore the latest checkpoint if one exists, else initialise. Returns (state, iterator);
@@ -324,13 +380,27 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   c = FLAGS.config
+  if FLAGS.dry_run:  # before anything starts JAX: the dry run sets up fake devices
+    from medmoe_jax import dryrun
+    raise SystemExit(dryrun.main(c, FLAGS.topology, FLAGS.num_devices, Trainer))
+  from medmoe_jax import distributed
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  import jax
   workdir = FLAGS.workdir or os.path.join("workdir", c.name)
-  trainer = Trainer(c, workdir).setup()
-  print(f"{c.name}: segments {trainer.spec.segments}, mesh {dict(trainer.mesh.shape)}, "
-        f"workdir {workdir}", flush=True)
+  checkpoint_dir = None
+  if "://" in workdir:  # gs://...: checkpoints shared there; logs local to process 0
+    checkpoint_dir = workdir.rstrip("/") + "/checkpoints"
+    workdir = FLAGS.logdir or os.path.join("/tmp/medmoe_jax", c.name)
+  trainer = Trainer(c, workdir, checkpoint_dir=checkpoint_dir).setup()
+  lead = jax.process_index() == 0
+  if lead:
+    print(f"{c.name}: segments {trainer.spec.segments}, mesh {dict(trainer.mesh.shape)}, "
+          f"{jax.process_count()} process(es), workdir {workdir}"
+          + (f", checkpoints {checkpoint_dir}" if checkpoint_dir else ""), flush=True)
   trainer.run()
   trainer.close()
-  print(f"done: {c.train.steps} steps; checkpoints, metrics.jsonl and tensorboard in {workdir}")
+  if lead:
+    print(f"done: {c.train.steps} steps; checkpoints, metrics.jsonl and tensorboard in {workdir}")
 
 
 if __name__ == "__main__":

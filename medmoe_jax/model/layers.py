@@ -16,6 +16,22 @@ from medmoe_jax.model.spec import ModelSpec
 nnx.use_eager_sharding(False)
 
 
+# Mesh axes a batch is split over (medmoe_jax.sharding.BATCH_AXES reads it from here).
+BATCH_MESH_AXES = ("data", "fsdp", "expert")
+
+
+def constrain_batch(x):
+  """x: [B, ...] -> the same, its batch dim pinned to the batch mesh axes of the mesh the trainer
+  activates around tracing (sharding.on_mesh); a no-op without one (tests, eval on one device).
+  Without this, XLA's propagation may all-gather FSDP activations over the batch instead of
+  gathering the weights: every device would hold the whole batch's activations."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names)
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1))))
+
+
 def dtype_of(name: str):
   return jnp.dtype(name)
 

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medmoe_jax.model.layers import MLP, Attention, RMSNorm, attention_mask, dtype_of, normal_init
+from medmoe_jax.model.layers import (MLP, Attention, RMSNorm, attention_mask, constrain_batch,
+                                     dtype_of, normal_init)
 from medmoe_jax.model.moe import MoEFeedForward
 from medmoe_jax.model.spec import ModelSpec
 
@@ -61,7 +62,8 @@ class Segment(nnx.Module):
     use_rng = rng is not None
 
     def body(h, block, key):
-      return block(h, positions, mask, lang_ids, valid, train=train, rng=key if use_rng else None)
+      h, aux = block(h, positions, mask, lang_ids, valid, train=train, rng=key if use_rng else None)
+      return constrain_batch(h), aux
 
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
@@ -86,7 +88,7 @@ class Transformer(nnx.Module):
 
   def hidden_states(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):
     """tokens etc.: [B, S] int32 -> (final hidden [B, S, D], moe aux stacked over MoE layers)."""
-    x = self.embed(tokens).astype(dtype_of(self.spec.dtype))
+    x = constrain_batch(self.embed(tokens).astype(dtype_of(self.spec.dtype)))
     mask = attention_mask(segment_ids)
     valid = segment_ids > 0
     moe_aux = []

@@ -1,0 +1,298 @@
+"""Dry run: check a job on the machine you have before it runs on the machine you rent.
+
+  python -m medmoe_jax.train --config=configs/post_moe.py:7b --dry_run --topology=v5p-64
+  python -m medmoe_jax.train --config=configs/post_moe.py:0.5b --dry_run --num_devices=8
+
+Builds the mesh on fake CPU devices (as many as the topology has JAX devices), builds the real
+train step (`Trainer.setup_step`, the same code a run jits), lowers and compiles it on abstract
+inputs (nothing is allocated, no data is read), and reports per device:
+
+  parameters, optimizer state   exact, from each array's shard shape under its sharding;
+  activations and temporaries   the compiled executable's memory_analysis() (temp_size);
+  total                         arguments + outputs not aliased to them + temporaries;
+  FLOPs per step                the matmul FLOPs of the step's jaxpr (forward, backward, remat
+                                recompute), scanned layer stacks multiplied by their length;
+  MFU-bound step time           FLOPs per device / the accelerator's peak bf16 FLOP/s: no step
+                                can be faster; a good run reaches 40-60% of it.
+
+Why the jaxpr and not cost_analysis() for FLOPs: XLA's cost analysis counts a while loop's body
+once, and every segment of layers is a scan (a while loop), so it undercounts by about the layer
+count. Its figure is still reported (`xla_flops_per_device`), as a lower bound.
+
+The memory figures come from XLA's CPU compiler: its fusion and buffer assignment differ from
+the TPU and GPU compilers', so treat activations as an estimate (usually within tens of percent),
+and parameters and optimizer state as exact.
+
+It fails early, with one line naming the fix: an invalid mesh or batch (config validation, before
+JAX starts), parameters + optimizer state that cannot fit even before compiling, and a compiled
+step whose total does not fit the accelerator's memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+
+GiB = 1024**3
+
+
+class DryRunError(ValueError):
+  """The job cannot run as configured; the message says why and what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+  name: str
+  peak_bf16_flops: float   # dense bf16 FLOP/s of one JAX device
+  memory_bytes: int        # HBM of one JAX device
+  unit: str                # what the N of "<kind>-N" counts
+  per_device: int          # how many of those units make one JAX device
+
+
+# One JAX device: a v5p chip (two TensorCores run as one "megacore" device), a v6e chip, one GPU.
+ACCELERATORS = {
+    "v5p": Accelerator("TPU v5p", 459e12, 95 * GiB, "TensorCores", 2),
+    "v6e": Accelerator("TPU v6e (Trillium)", 918e12, 32 * GiB, "chips", 1),
+    "h100": Accelerator("NVIDIA H100 SXM", 989e12, 80 * GiB, "GPUs", 1),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str
+  accelerator: Accelerator | None
+  num_devices: int
+
+
+def parse_topology(topology: str | None, num_devices: int | None) -> Topology:
+  """'v5p-64' -> 32 devices (Cloud TPU names count TensorCores for v5p, chips for v6e);
+  'h100-16' -> 16 GPUs; or plain --num_devices=N (no peak: no step-time bound)."""
+  if topology:
+    m = re.fullmatch(r"(v5p|v6e|h100)-(\d+)", topology.strip().lower())
+    if not m:
+      raise DryRunError(f"--topology={topology!r}: use v5p-N (N TensorCores, even), v6e-N "
+                        f"(N chips) or h100-N (N GPUs), e.g. v5p-64")
+    acc = ACCELERATORS[m.group(1)]
+    n_units = int(m.group(2))
+    if n_units < acc.per_device or n_units % acc.per_device:
+      raise DryRunError(f"--topology={topology}: {acc.name} counts {acc.unit}, {acc.per_device} "
+                        f"per device; N must be a positive multiple of {acc.per_device}")
+    n = n_units // acc.per_device
+    if num_devices is not None and num_devices != n:
+      raise DryRunError(f"--num_devices={num_devices} disagrees with --topology={topology} "
+                        f"({n} JAX devices); pass one of them")
+    return Topology(topology, acc, n)
+  if num_devices is None or num_devices < 1:
+    raise DryRunError("--dry_run needs --topology=v5p-64|v6e-16|h100-8|... or --num_devices=N")
+  return Topology(f"{num_devices} devices", None, num_devices)
+
+
+_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+
+
+def use_fake_devices(n: int) -> None:
+  """n fake CPU devices. Must run before JAX initialises its backends (train.main calls it first)."""
+  import jax
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  # The executable never runs: skip LLVM's optimisations (compiles ~2x faster; buffer
+  # assignment, hence memory_analysis, happens before and is unchanged).
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *_FAST_COMPILE]).strip()
+  try:
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # backends already up: fine if there are enough CPU devices
+    if jax.default_backend() != "cpu" or jax.device_count() < n:
+      raise DryRunError(f"the dry run needs {n} fake CPU devices but JAX already started with "
+                        f"{jax.device_count()} {jax.default_backend()} devices; run it as its "
+                        "own process (python -m medmoe_jax.train ... --dry_run)") from None
+
+
+# --- FLOPs ------------------------------------------------------------------------------------
+
+def _sub_jaxprs(eqn):
+  for v in eqn.params.values():
+    for item in (v if isinstance(v, (tuple, list)) else (v,)):
+      if hasattr(item, "eqns"):
+        yield item
+      elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+        yield item.jaxpr
+
+
+def _dot_flops(eqn) -> float:
+  (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+  lhs = eqn.invars[0].aval.shape
+  out = eqn.outvars[0].aval.shape
+  return 2.0 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+
+
+def matmul_flops(jaxpr, mesh_sizes: dict | None = None) -> float:
+  """Matmul FLOPs of a (closed) jaxpr over the whole mesh: 2*M*N*K per dot_general, scan bodies
+  times their length, the costlier branch of a cond, shard_map bodies (per-shard shapes) times
+  the number of shards. A while loop of unknown length counts once."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      total += _dot_flops(eqn)
+    elif name == "scan":
+      total += eqn.params["length"] * matmul_flops(eqn.params["jaxpr"], mesh_sizes)
+    elif name == "cond":
+      total += max(matmul_flops(b, mesh_sizes) for b in eqn.params["branches"])
+    elif name == "shard_map":
+      mesh = eqn.params["mesh"]
+      manual = eqn.params.get("manual_axes") or eqn.params.get("axis_names") or mesh.axis_names
+      shards = math.prod(mesh.shape[a] for a in manual)
+      total += shards * sum(matmul_flops(j, mesh_sizes) for j in _sub_jaxprs(eqn))
+    else:
+      total += sum(matmul_flops(j, mesh_sizes) for j in _sub_jaxprs(eqn))
+  return total
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs carrying shardings (max over devices
+  is the same for the even shardings used here)."""
+  import jax
+  import numpy as np
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return int(total)
+
+
+def _fmt_bytes(b: float) -> str:
+  return f"{b / GiB:.2f} GiB"
+
+
+def _fmt_time(s: float) -> str:
+  return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+_SHARD_STATE = ("shard them with config.mesh.fsdp (e.g. --config.mesh.data=1 "
+                "--config.mesh.fsdp=-1) or use more devices")
+_SHRINK_ACTIVATIONS = ("set config.model.remat=full, use fewer rows per device (a lower "
+                       "config.data.batch_size, or config.mesh.tensor=2 to split each row's "
+                       "activations), raise config.mesh.fsdp, or use more devices")
+
+
+def run(c, topology: str | None = None, num_devices: int | None = None, *,
+        check_fit: bool = True, trainer_cls=None) -> dict:
+  """Compile c's train step for the topology on fake devices; returns the report (a dict).
+  Raises ConfigError / DryRunError with a one-line reason when the job cannot run.
+  trainer_cls: medmoe_jax.train.Trainer (passed in by `python -m medmoe_jax.train`, whose module
+  is __main__ and must not be imported a second time)."""
+  from medmoe_jax import config as cfg_lib
+
+  topo = parse_topology(topology, num_devices)
+  n = topo.num_devices
+  cfg_lib.validate(c, n)  # mesh / batch / heads errors before JAX starts
+  use_fake_devices(n)
+
+  import jax
+
+  from medmoe_jax import sharding
+  if trainer_cls is None:
+    from medmoe_jax.train import Trainer as trainer_cls
+
+  acc = topo.accelerator
+  mesh = sharding.make_mesh(c, jax.devices()[:n])
+  trainer = trainer_cls(c, workdir="", mesh=mesh).setup_step()
+  state, batch, rng = trainer.abstract_step_inputs()
+  params_b = per_device_bytes(state.params)
+  opt_b = per_device_bytes(state.opt_state)
+  if check_fit and acc and params_b + opt_b > acc.memory_bytes:
+    raise DryRunError(
+        f"{c.name} ({c.size}) on {topo.name}: parameters {_fmt_bytes(params_b)} + optimizer state "
+        f"{_fmt_bytes(opt_b)} per device already exceed the {_fmt_bytes(acc.memory_bytes)} of a "
+        f"{acc.name} device (mesh {dict(mesh.shape)}); {_SHARD_STATE}")
+
+  b, s = int(c.data.batch_size), int(c.data.seq_len)
+
+  t0 = time.perf_counter()
+  traced = trainer.train_step.trace(state, batch, rng)
+  flops = matmul_flops(traced.jaxpr)
+  lowered = traced.lower()
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  total_b = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+             + mem.temp_size_in_bytes)
+  report = {
+      "config": c.name, "size": c.size, "topology": topo.name, "num_devices": n,
+      "accelerator": acc.name if acc else None, "mesh": dict(mesh.shape),
+      "batch_size": b, "seq_len": s, "tokens_per_step": b * s,
+      "remat": c.model.remat, "dtype": c.model.dtype, "param_dtype": c.model.param_dtype,
+      "params_bytes_per_device": params_b,
+      "optimizer_bytes_per_device": opt_b,
+      "batch_bytes_per_device": per_device_bytes(batch),
+      "argument_bytes_per_device": int(mem.argument_size_in_bytes),
+      "activation_temp_bytes_per_device": int(mem.temp_size_in_bytes),
+      "output_unaliased_bytes_per_device": int(mem.output_size_in_bytes - mem.alias_size_in_bytes),
+      "total_bytes_per_device": int(total_b),
+      "device_memory_bytes": acc.memory_bytes if acc else None,
+      "flops_per_step": flops,
+      "flops_per_device": flops / n,
+      "xla_flops_per_device": float(cost.get("flops", 0.0)) if cost else None,
+      "trace_lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+  }
+  if acc:
+    bound = flops / n / acc.peak_bf16_flops
+    report.update(peak_flops_per_device=acc.peak_bf16_flops, mfu_bound_step_s=bound,
+                  mfu_bound_tokens_per_s=b * s / bound if bound else None)
+  if check_fit and acc and total_b > acc.memory_bytes:
+    raise DryRunError(
+        f"{c.name} ({c.size}) on {topo.name} does not fit: {_fmt_bytes(total_b)} per device "
+        f"(parameters {_fmt_bytes(params_b)}, optimizer {_fmt_bytes(opt_b)}, activations and "
+        f"temporaries {_fmt_bytes(mem.temp_size_in_bytes)}) > {_fmt_bytes(acc.memory_bytes)} of a "
+        f"{acc.name} device (mesh {dict(mesh.shape)}); {_SHRINK_ACTIVATIONS}")
+  return report
+
+
+def format_report(r: dict) -> str:
+  lines = [
+      f"dry run: {r['config']} ({r['size']}) on {r['topology']}"
+      + (f" = {r['num_devices']} x {r['accelerator']}" if r["accelerator"] else ""),
+      f"  mesh {r['mesh']}, batch {r['batch_size']} x {r['seq_len']} tokens, "
+      f"{r['dtype']} compute, {r['param_dtype']} params, remat {r['remat']}",
+      f"  per device: parameters        {_fmt_bytes(r['params_bytes_per_device'])}",
+      f"              optimizer state   {_fmt_bytes(r['optimizer_bytes_per_device'])}",
+      f"              activations+temp  {_fmt_bytes(r['activation_temp_bytes_per_device'])}"
+      "  (memory_analysis, CPU compiler: estimate)",
+      f"              total             {_fmt_bytes(r['total_bytes_per_device'])}"
+      + (f" of {_fmt_bytes(r['device_memory_bytes'])}"
+         f" ({100 * r['total_bytes_per_device'] / r['device_memory_bytes']:.0f}%)"
+         if r["device_memory_bytes"] else ""),
+      f"  FLOPs per step {r['flops_per_step']:.3e} ({r['flops_per_device']:.3e} per device; "
+      f"matmuls incl. backward and remat)",
+  ]
+  if r.get("mfu_bound_step_s"):
+    lines.append(f"  MFU-bound step time {_fmt_time(r['mfu_bound_step_s'])} at "
+                 f"{r['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per device "
+                 f"(<= {r['mfu_bound_tokens_per_s']:,.0f} tokens/s); expect 2x that at 50% MFU")
+  lines.append(f"  traced+lowered in {r['trace_lower_s']} s, compiled in {r['compile_s']} s")
+  return "\n".join(lines)
+
+
+def main(c, topology: str | None, num_devices: int | None, trainer_cls=None) -> int:
+  """CLI entry (train.main): prints the report and a JSON line; returns the exit status."""
+  import sys
+
+  from medmoe_jax.config import ConfigError
+  try:
+    report = run(c, topology, num_devices, trainer_cls=trainer_cls)
+  except (ConfigError, DryRunError) as e:
+    print(f"dry run failed: {e}", file=sys.stderr, flush=True)
+    return 2
+  print(format_report(report), flush=True)
+  print("DRYRUN_JSON " + json.dumps(report), flush=True)
+  return 0

@@ -1,0 +1,48 @@
+"""A checkpoint written on one mesh restores onto another with identical values and the new
+mesh's shardings (Checkpointer.restore reads into the target's abstract state)."""
+import jax
+import numpy as np
+
+from conftest import load_config
+from medmoe_jax.checkpoint import Checkpointer
+from medmoe_jax.train import Trainer
+
+
+def _trainer(mesh):
+  c = load_config("post_moe")
+  c.model.update(dict(vocab_size=512, d_model=64, num_heads=4, num_kv_heads=2, d_ff=128))
+  c.moe.num_experts = 8  # 7 family experts + 1 spare, so an expert axis of 4 divides them
+  c.mesh.update(mesh)
+  return Trainer(c, workdir="").setup_step()
+
+
+def _leaves(tree):
+  return jax.tree_util.tree_leaves_with_path(tree)
+
+
+def test_data8_checkpoint_restores_onto_data2_expert4(tmp_path):
+  src = _trainer(dict(data=8, fsdp=1, expert=1, tensor=1))
+  state = src._init_state()
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  ckpt.save(7, state, {"next": 3})
+  ckpt.close()
+
+  dst = _trainer(dict(data=2, fsdp=1, expert=4, tensor=1))
+  ckpt = Checkpointer(str(tmp_path / "ckpt"))
+  restored, data_state, step = ckpt.restore(dst.abstract_state)
+  ckpt.close()
+  assert (step, data_state) == (7, {"next": 3})
+  assert int(restored.step) == int(state.step)
+
+  want = jax.device_get(state)
+  got = jax.device_get(restored)
+  for (path, a), (_, b) in zip(_leaves(want.params) + _leaves(want.opt_state),
+                               _leaves(got.params) + _leaves(got.opt_state)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+  # Laid out for the new mesh: expert weights split over its expert axis, 2 experts a device.
+  wi = restored.params["segments"][1]["blocks"]["ffn"]["wi_gate"]
+  assert wi.sharding.mesh.shape == {"data": 2, "fsdp": 1, "expert": 4, "tensor": 1}
+  assert "expert" in str(wi.sharding.spec)
+  assert wi.addressable_shards[0].data.shape[1] == 8 // 4
+  assert jax.tree.map(lambda x: x.sharding, restored) == dst.state_shardings

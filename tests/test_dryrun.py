@@ -1,0 +1,134 @@
+"""The dry run: compile the 7b train step for 64 devices on fake CPU devices and report memory,
+FLOPs and the MFU-bound step time; refuse invalid meshes and jobs that cannot fit, early."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO, load_config
+from medmoe_jax import config as cfg_lib
+from medmoe_jax import dryrun, sharding
+from medmoe_jax.model import Transformer
+from medmoe_jax.train import Trainer
+
+
+def _cli(*args):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # the dry run makes its own fake devices
+  return subprocess.run([sys.executable, "-m", "medmoe_jax.train", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("name, devices", [("v5p-64", 32), ("v5p-8", 4), ("v6e-16", 16),
+                                           ("h100-8", 8)])
+def test_topology_counts_jax_devices(name, devices):
+  t = dryrun.parse_topology(name, None)
+  assert t.num_devices == devices
+  assert t.accelerator.peak_bf16_flops > 0 and t.accelerator.memory_bytes > 0
+
+
+@pytest.mark.parametrize("name, num, err", [
+    ("v5p-63", None, "multiple of 2"), ("tpu-8", None, "use v5p-N"),
+    ("v6e-8", 4, "disagrees"), (None, None, "needs --topology")])
+def test_bad_topology_is_named(name, num, err):
+  with pytest.raises(dryrun.DryRunError, match=err):
+    dryrun.parse_topology(name, num)
+
+
+def test_matmul_flops_scans_and_backward():
+  # A scanned stack of L matmuls: forward 2*B*D*D per layer; backward twice that.
+  b, d, layers = 8, 32, 5
+
+  def loss(w, x):
+    h, _ = jax.lax.scan(lambda h, wl: (jnp.tanh(h @ wl), None), x, w)
+    return jnp.sum(h)
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss))(jnp.zeros((layers, d, d)), jnp.zeros((b, d)))
+  assert dryrun.matmul_flops(jaxpr) == 3 * layers * 2 * b * d * d
+
+
+def test_train_step_flops_equal_the_dense_formula():
+  c = load_config("dense")
+  c.model.update(dict(vocab_size=512, d_model=64, num_layers=3, num_heads=4, num_kv_heads=2, d_ff=96))
+  c.data.update(dict(seq_len=16, batch_size=2))
+  t = Trainer(c, "", mesh=sharding.make_mesh(c, jax.devices()[:1])).setup_step()
+  flops = dryrun.matmul_flops(t.train_step.trace(*t.abstract_step_inputs()).jaxpr)
+  b, s, d, h, kv, dh, f, v, layers = 2, 16, 64, 4, 2, 16, 96, 512, 3
+  per_layer = d * h * dh + 2 * d * kv * dh + h * dh * d + 3 * d * f      # q, k, v, o, SwiGLU
+  forward = 2 * b * s * (layers * per_layer + d * v) + layers * 2 * (2 * b * h * s * s * dh)
+  per_language_sums = 2 * (2 * b * s * len(c.languages.use))             # metrics, no backward
+  assert flops == 3 * forward + per_language_sums
+
+
+def test_invalid_mesh_fails_before_compiling():
+  # 64 devices, but the mesh asks for 3 x 8: config validation stops it, no compile.
+  c = load_config("post_moe", "7b")
+  c.mesh.update(dict(data=3, fsdp=8))
+  with pytest.raises(cfg_lib.ConfigError, match=r"config.mesh: .* uses 24 devices but 64"):
+    dryrun.run(c, num_devices=64)
+  c.mesh.update(dict(data=1, fsdp=-1))  # batch 32 does not split over 64 devices
+  with pytest.raises(cfg_lib.ConfigError, match="config.data.batch_size: 32 is not divisible"):
+    dryrun.run(c, topology="v5p-128")
+
+
+def test_what_cannot_fit_fails_before_compiling():
+  # 7b, data parallel only, 8 x v6e (32 GiB): f32 parameters + Adam alone are ~127 GB a device.
+  c = load_config("post_moe", "7b")
+  c.data.batch_size = 8
+  with pytest.raises(dryrun.DryRunError, match=r"already exceed the 32.00 GiB .* shard them with config.mesh.fsdp"):
+    dryrun.run(c, topology="v6e-8")
+
+
+def test_cli_reports_a_bad_mesh_in_one_line():
+  r = _cli("--config=configs/post_moe.py:7b", "--dry_run", "--topology=v5p-128",
+           "--config.mesh.expert=3")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1].startswith("dry run failed: config.mesh:")
+
+
+@pytest.fixture(scope="module")
+def report_7b():
+  # The paper's 7b Post-MoE (bf16, 4096-token rows, remat) on v5p-128 = 64 chips, FSDP over all
+  # of them: 64 rows a step, one per device.
+  r = _cli("--config=configs/post_moe.py:7b", "--dry_run", "--topology=v5p-128",
+           "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.data.batch_size=64")
+  assert r.returncode == 0, r.stderr[-3000:]
+  line = [l for l in r.stdout.splitlines() if l.startswith("DRYRUN_JSON ")][-1]
+  return json.loads(line[len("DRYRUN_JSON "):]), r.stdout
+
+
+def test_7b_on_64_devices_reports_memory_flops_and_step_time(report_7b):
+  r, text = report_7b
+  assert r["num_devices"] == 64 and r["mesh"]["fsdp"] == 64
+  assert "per device: parameters" in text and "MFU-bound step time" in text
+
+  # Parameters: FSDP splits every large parameter 64 ways.
+  c = load_config("post_moe", "7b")
+  shapes = nnx.eval_shape(lambda: Transformer(cfg_lib.model_spec(c), rngs=nnx.Rngs(0)))
+  params = jax.tree.leaves(nnx.state(shapes, nnx.Param))
+  n_params = sum(math.prod(p.shape) for p in params)
+  assert 9.5e9 < n_params < 11e9                   # Qwen2-7B (7.6B) + 6 more experts x 2 layers
+  assert r["params_bytes_per_device"] == pytest.approx(4 * n_params / 64, rel=0.01)
+  assert r["optimizer_bytes_per_device"] == pytest.approx(2 * r["params_bytes_per_device"], rel=1e-3)
+  # XLA's argument buffers are exactly what the shardings say: params + Adam + batch (+ rng key).
+  ours = r["params_bytes_per_device"] + r["optimizer_bytes_per_device"] + r["batch_bytes_per_device"]
+  assert 0 <= r["argument_bytes_per_device"] - ours <= 64
+  assert r["activation_temp_bytes_per_device"] > 1 << 30
+  assert r["total_bytes_per_device"] < r["device_memory_bytes"]
+
+  # FLOPs: about 6 N T. With capacity factor 4 each of the 7 experts takes every token of its
+  # row, so all N parameters work on every token; attention adds ~8%. Step time = FLOPs / peak.
+  tokens = 64 * 4096
+  assert 6 * n_params * tokens * 0.7 < r["flops_per_step"] < 6 * n_params * tokens * 2
+  assert r["flops_per_device"] == pytest.approx(r["flops_per_step"] / 64)
+  assert r["mfu_bound_step_s"] == pytest.approx(r["flops_per_device"] / 459e12)
+  # XLA's own count sees each scanned layer stack once: far below the real step.
+  assert r["xla_flops_per_device"] < r["flops_per_device"] / 2
+  assert np.isfinite(r["compile_s"])
