@@ -170,32 +170,17 @@ class Evaluator:
       source = self._heldout(lm.config)
       wanted = ppl_languages or _csv(c.languages) or lm.languages
       langs = perplexity.heldout_languages(source, wanted)
-      counts = None
-      if routing:
-        from medmoe_jax import config as cfg_lib
-        spec = lm.spec
-        assignment = cfg_lib.expert_assignment(lm.config)
-        names = list(assignment.expert_names)[: spec.moe.num_experts]
-        names += [f"expert {i}" for i in range(len(names), spec.moe.num_experts)]
-        table = assignment.lang_to_expert
-        own = [table[lm.lang_index(l)] if lm.lang_index(l) >= 0 and
-               table[lm.lang_index(l)] < spec.moe.num_experts else -1 for l in langs]
-        counts = routing_lib.RoutingCounts(langs, own, len(spec.moe_layer_indices),
-                                           spec.moe.num_experts)
-        dropped = []
-
-        def on_routing(scores, batch):
-          counts.add(scores["expert_indices"], batch["lang_ids"], batch["segment_ids"] > 0)
-          dropped.append(float(np.mean(scores["dropped_fraction"])))
-
       seq_len = int(c.perplexity.seq_len) or int(lm.config.data.seq_len)
       max_b = int(c.perplexity.max_batches)
       bar = self._bar(None, f"step {lm.step}: held-out text")
-      ppl = perplexity.evaluate(
-          lambda b: lm.token_scores(b, routing=routing), source, languages=langs,
-          model_lang_ids=[lm.lang_index(l) for l in langs], tokenizer=lm.tokenizer,
-          seq_len=seq_len, batch_size=lm.batch_size, max_batches=max_b,
-          on_routing=on_routing if routing else None, progress=bar)
+      if routing:
+        ppl, res["routing"], res["dropped_fraction"] = routing_lib.analyze(
+            lm, source, langs, seq_len=seq_len, max_batches=max_b, progress=bar)
+      else:
+        ppl = perplexity.evaluate(
+            lm.token_scores, source, languages=langs,
+            model_lang_ids=[lm.lang_index(l) for l in langs], tokenizer=lm.tokenizer,
+            seq_len=seq_len, batch_size=lm.batch_size, max_batches=max_b, progress=bar)
       bar.close()
       if "perplexity" in self.tasks:
         res["perplexity"] = ppl
@@ -205,9 +190,6 @@ class Evaluator:
         res["perplexity_overall"] = float(np.exp(min(nll, 700.0)))
         res["heldout"] = {"seq_len": seq_len, "max_batches_per_language": max_b,
                           "tokenizer": lm.tokenizer.name}
-      if routing:
-        res["routing"] = counts.result([int(i) for i in spec.moe_layer_indices], names)
-        res["dropped_fraction"] = float(np.mean(dropped)) if dropped else None
     return res
 
   def _write_predictions(self, directory, name, records):
@@ -263,9 +245,7 @@ class Evaluator:
     if self.c.baseline_checkpoint:
       base = self._baseline(results, lm)
       original = _csv(self.c.forgetting.original) or base["languages"]
-      modes = {k: v for k, v in (base.get("mcq") or {}).items()}
-      entry["forgetting"] = forgetting.compare(entry, {"perplexity": base.get("perplexity"),
-                                                       "mcq": modes}, original)
+      entry["forgetting"] = forgetting.compare(entry, base, original)
       entry["forgetting"]["same_tokenizer"] = base["tokenizer"] == lm.tokenizer.name
     entry["seconds"] = time.time() - t0
     figs = {}
@@ -329,6 +309,8 @@ class Evaluator:
 
   def run(self) -> dict:
     """Evaluate the requested step (or, following, every step); returns the results dict."""
+    if "mcq" in self.tasks:
+      self._items()  # bad multiple-choice files fail here, before any checkpoint is read
     os.makedirs(self.out, exist_ok=True)
     results = self._results()
     if not self.c.follow:
@@ -374,7 +356,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   c = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("workdir", "eval")
-  results = run(c, workdir)
+  from medmoe_jax.evaluation.mcq import MCQFormatError
+  try:
+    results = run(c, workdir)
+  except (ConfigError, MCQFormatError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from None
   latest = results["evaluations"][-1]
   summary = {k: v.get("major_average") for k, v in (latest.get("mcq") or {}).items()}
   print(f"done: step {latest['step']}; major-language accuracy {summary}; held-out perplexity "

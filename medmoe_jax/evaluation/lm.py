@@ -5,7 +5,7 @@
     lm.loglikelihood_rolling([text, ...], lang)            -> [logprob, ...]
     lm.generate([(prompt_ids, lang), ...], max_new_tokens)  -> [text, ...]
     lm.generate_until([(context, until, max_tokens, lang), ...]) -> [text, ...]
-    lm.token_scores(batch, routing=True)                   -> next-token log-probs (+ routing)
+    lm.token_scores(batch)                                 -> next-token log-probs (+ routing)
 
 Everything runs batched and jitted, with the parameters restored directly into their shardings
 on a mesh (the same (data, fsdp, expert, tensor) meshes as training) and batches sharded over
@@ -79,14 +79,13 @@ def _fetch(x):
 @functools.partial(jax.jit, static_argnames=("graphdef", "routing"))
 def _token_scores(graphdef, params, tokens, segment_ids, positions, lang_ids, *, routing: bool):
   """Next-token log-probabilities lp[b, t] = log p(tokens[b, t+1] | tokens[b, :t+1]) and whether
-  that token is the argmax; with routing, also each token's experts at each MoE layer."""
+  that token is the argmax; with routing, also each token's experts at each MoE layer. The
+  prefill path (`Transformer.decode` into a fresh cache) equals the training forward and is the
+  one that can report routing."""
   model = nnx.merge(graphdef, params)
-  if routing:
-    b, s = tokens.shape
-    logits, _, aux = model.decode(tokens, segment_ids, positions, lang_ids, model.init_cache(b, s),
-                                  0, return_routing=True)
-  else:
-    logits, aux = model(tokens, segment_ids, positions, lang_ids, train=False)
+  b, s = tokens.shape
+  logits, _, aux = model.decode(tokens, segment_ids, positions, lang_ids, model.init_cache(b, s),
+                                0, return_routing=routing)
   nxt = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
   lse = jax.nn.logsumexp(logits, axis=-1)
   lp = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0] - lse
@@ -182,14 +181,15 @@ class LanguageModel:
     s = NamedSharding(self.mesh, P(sharding.BATCH_AXES, *([None] * (a.ndim - 1))))
     return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
 
-  def token_scores(self, batch: dict, *, routing: bool = False) -> dict:
+  def token_scores(self, batch: dict) -> dict:
     """batch: numpy {tokens, segment_ids, positions, lang_ids} [B, S] (B = self.batch_size).
-    Returns numpy {"logprobs", "greedy"} [B, S] and, with routing, "expert_indices"
-    [num_moe_layers, B, S, k] and "dropped_fraction" [num_moe_layers]."""
+    Returns numpy {"logprobs", "greedy"} [B, S] and, for a model with MoE layers,
+    "expert_indices" [num_moe_layers, B, S, k] and "dropped_fraction" [num_moe_layers].
+    (Routing comes with every call: one program a shape serves scoring and analysis alike.)"""
     lp, greedy, extra = _token_scores(
         self.graphdef, self.params, *(self.put(np.asarray(batch[k], np.int32))
                                       for k in ("tokens", "segment_ids", "positions", "lang_ids")),
-        routing=routing)
+        routing=bool(self.spec.moe_layer_indices))
     out = {"logprobs": _fetch(lp), "greedy": _fetch(greedy)}
     out.update({k: _fetch(v) for k, v in extra.items()})
     return out

@@ -324,6 +324,7 @@ class Prompt:
   shots: int
   chars: int
   template_lang: str
+  exemplars: tuple[str, ...] = ()  # the exemplars' `where`, in prompt order
 
 
 def _exemplar_text(t, item: MCQItem) -> str:
@@ -350,7 +351,8 @@ def build_prompts(items: Sequence[MCQItem], *, shots: int, seed: int, max_chars:
       tlang, t = templates.template_for(it.lang)
       others = [j for j in idx if j != i]
       pick = rng.choice(len(others), size=min(shots, len(others)), replace=False) if others else []
-      exemplars = [_exemplar_text(t, items[others[k]]) for k in pick]
+      chosen = [items[others[k]] for k in pick]
+      exemplars = [_exemplar_text(t, e) for e in chosen]
       question = templates.render_question(t, question=it.question, options=it.options_text,
                                            last=it.letters[-1], context=it.context)
       while True:
@@ -362,7 +364,8 @@ def build_prompts(items: Sequence[MCQItem], *, shots: int, seed: int, max_chars:
           break
         exemplars.pop()
       if chars <= max_chars:
-        prompts[i] = Prompt(tuple(parts), len(exemplars), chars, tlang)
+        prompts[i] = Prompt(tuple(parts), len(exemplars), chars, tlang,
+                            tuple(e.where for e in chosen[:len(exemplars)]))
   return prompts
 
 
@@ -410,8 +413,8 @@ def score_generative(items: Sequence[MCQItem], generate: Callable, tokenizer, *,
       rec.update(skipped=True, reason=f"prompt over {max_chars} characters")
     else:
       pred = extract_letter(out_of[i])
-      rec.update(skipped=False, shots=p.shots, prompt_chars=p.chars, template=p.template_lang,
-                 output=out_of[i], pred=pred, correct=pred == it.answer)
+      rec.update(skipped=False, shots=p.shots, exemplars=list(p.exemplars), prompt_chars=p.chars,
+                 template=p.template_lang, output=out_of[i], pred=pred, correct=pred == it.answer)
     records.append(rec)
   return records
 

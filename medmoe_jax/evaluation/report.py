@@ -71,7 +71,7 @@ def mcq_figure(mcq: dict, path: str, title: str) -> str | None:
                  key=lambda l: (mcq[modes[0][0]]["per_language"].get(l, {}).get("class") != "major", l))
   if not langs:
     return None
-  fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(langs) * len(modes) + 1.5), 3.8))
+  fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.22 * len(langs) * len(modes) + 2.0)), 3.8))
   width = 0.8 / len(modes)
   for j, (k, label) in enumerate(modes):
     vals = [100 * (mcq[k]["per_language"].get(l, {}).get("acc") or 0.0) for l in langs]
@@ -106,6 +106,7 @@ def perplexity_figure(ppl: dict, path: str, title: str) -> str | None:
 
 
 def history_figure(evaluations: list, path: str) -> str | None:
+  """Accuracy averages (left) and held-out perplexity (right) against the training step."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -113,30 +114,25 @@ def history_figure(evaluations: list, path: str) -> str | None:
   if len(evaluations) < 2:
     return None
   steps = [e["step"] for e in evaluations]
-  fig, ax = plt.subplots(figsize=(6.5, 3.8))
-  plotted = False
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+  colors = dict(zip([k for k, _ in MODES], ["tab:blue", "tab:orange", "tab:green"]))
   for k, label in MODES:
     for avg, ls in (("major_average", "-"), ("minor_average", "--")):
       ys = [((e.get("mcq") or {}).get(k) or {}).get(avg) for e in evaluations]
       if any(y is not None for y in ys):
         ax.plot(steps, [100 * y if y is not None else np.nan for y in ys], ls, marker="o",
-                label=f"{label}, {avg.split('_')[0]}")
-        plotted = True
+                color=colors[k], label=f"{label}, {avg.split('_')[0]}")
   ax.set_xlabel("training step")
   ax.set_ylabel("accuracy (%)")
+  ax.set_title("Multiple choice: mean over languages", fontsize=10)
+  if ax.lines:
+    ax.legend(fontsize=7)
   ppls = [e.get("perplexity_overall") for e in evaluations]
-  if any(p is not None for p in ppls):
-    ax2 = ax.twinx()
-    ax2.plot(steps, [p if p is not None else np.nan for p in ppls], color="tab:purple", marker="s",
-             label="held-out perplexity")
-    ax2.set_ylabel("perplexity")
-    ax2.legend(fontsize=7, loc="upper center")
-    plotted = True
-  if not plotted:
-    plt.close(fig)
-    return None
-  ax.legend(fontsize=7, loc="upper left")
-  ax.set_title("Evaluation over training", fontsize=10)
+  ax2.plot(steps, [p if p is not None else np.nan for p in ppls], color="tab:purple", marker="s")
+  ax2.set_xlabel("training step")
+  ax2.set_ylabel("perplexity (per token)")
+  ax2.set_title("Held-out perplexity, all languages", fontsize=10)
+  fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
@@ -223,6 +219,8 @@ def render(results: dict, root: str, step: int | None = None) -> str:
     if "perplexity" in figs:
       lines += [f"![perplexity per language]({_rel(figs['perplexity'], root)})", ""]
   rt = e.get("routing")
+  if rt and rt.get("skipped"):
+    lines += ["## Routing", "", f"Skipped: {rt['skipped']}.", ""]
   if rt and rt.get("languages"):
     lines += ["## Routing", "",
               f"Inference routing on held-out text: share of each language's token-to-expert "
@@ -257,10 +255,13 @@ def render(results: dict, root: str, step: int | None = None) -> str:
                     + [f"mean Δ {label} (points)" for k, label in MODES if k in fg["accuracy"]],
                     rows) + [""]
     rows = []
-    for l, v in fg["perplexity"].items():
+    acc_langs = {l for rows_ in fg["accuracy"].values() for l in rows_}
+    for l in sorted(set(fg["perplexity"]) | acc_langs):
+      v = fg["perplexity"].get(l)
       acc = [fg["accuracy"][k].get(l) for k, _ in MODES if k in fg["accuracy"]]
-      rows.append([l, v["group"], f"{v['baseline']:.2f}", f"{v['model']:.2f}", pct(v["relative"])]
-                  + [pct(a["delta"]) if a else "–" for a in acc])
+      group = v["group"] if v else next(a["group"] for a in acc if a)
+      ppl_cells = [f"{v['baseline']:.2f}", f"{v['model']:.2f}", pct(v["relative"])] if v else ["–"] * 3
+      rows.append([l, group] + ppl_cells + [pct(a["delta"]) if a else "–" for a in acc])
     lines += _table(["language", "group", "baseline ppl", "ppl", "change (%)"]
                     + [f"Δ {label}" for k, label in MODES if k in fg["accuracy"]], rows) + [""]
     if "forgetting" in figs:

@@ -136,7 +136,7 @@ def figures(result: dict, out_dir: str, *, step: int | None = None) -> dict[str,
                            squeeze=False)
   vmax = max(float(np.max(v["fractions"])) for v in langs.values())
   for ax, (lang, v) in zip(axes.ravel(), langs.items()):
-    ax.imshow(np.asarray(v["fractions"]), vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
+    im = ax.imshow(np.asarray(v["fractions"]), vmin=0, vmax=vmax, cmap="viridis", aspect="auto")
     ax.set_title(lang, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=6)
@@ -148,6 +148,8 @@ def figures(result: dict, out_dir: str, *, step: int | None = None) -> dict[str,
   fig.suptitle(f"Routing per language (rows: MoE layers, columns: experts {', '.join(experts)}; "
                f"red: own expert){suffix}", fontsize=9)
   fig.tight_layout()
+  fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01,
+               label="share of assignments")
   files["languages"] = save(fig, "routing_languages.png")
 
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -167,3 +169,48 @@ def figures(result: dict, out_dir: str, *, step: int | None = None) -> dict[str,
   ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
   files["own_share"] = save(fig, "routing_own_share.png")
   return files
+
+
+# --- The pass over held-out text.
+
+def expert_names(lm) -> list[str]:
+  """Expert id -> name: the run's language families (or languages), "expert i" beyond them."""
+  from medmoe_jax import config as cfg_lib
+  e = lm.spec.moe.num_experts
+  names = list(cfg_lib.expert_assignment(lm.config).expert_names)[:e]
+  return names + [f"expert {i}" for i in range(len(names), e)]
+
+
+def own_experts(lm, languages: Sequence[str]) -> list[int]:
+  """Each language's own expert under the run's assignment (-1: not one of the model's
+  languages, or its family has no expert)."""
+  from medmoe_jax import config as cfg_lib
+  table = cfg_lib.expert_assignment(lm.config).lang_to_expert
+  out = []
+  for lang in languages:
+    i = lm.lang_index(lang)
+    out.append(int(table[i]) if i >= 0 and table[i] < lm.spec.moe.num_experts else -1)
+  return out
+
+
+def analyze(lm, source, languages: Sequence[str], *, seq_len: int, max_batches: int = 0,
+            progress=None) -> tuple[dict, dict, float | None]:
+  """One pass over the held-out `source` for `languages`: (perplexity per language, routing
+  result, mean fraction of MoE token-slots dropped by expert capacity)."""
+  from medmoe_jax.evaluation import perplexity
+
+  counts = RoutingCounts(languages, own_experts(lm, languages), len(lm.spec.moe_layer_indices),
+                         lm.spec.moe.num_experts)
+  dropped = []
+
+  def on_routing(scores, batch):
+    counts.add(scores["expert_indices"], batch["lang_ids"], batch["segment_ids"] > 0)
+    dropped.append(float(np.mean(scores["dropped_fraction"])))
+
+  ppl = perplexity.evaluate(
+      lm.token_scores, source, languages=languages,
+      model_lang_ids=[lm.lang_index(l) for l in languages], tokenizer=lm.tokenizer,
+      seq_len=seq_len, batch_size=lm.batch_size, max_batches=max_batches, on_routing=on_routing,
+      progress=progress)
+  result = counts.result([int(i) for i in lm.spec.moe_layer_indices], expert_names(lm))
+  return ppl, result, (float(np.mean(dropped)) if dropped else None)
