@@ -189,7 +189,7 @@ class Evaluator:
         res["nll_overall"] = nll
         res["perplexity_overall"] = float(np.exp(min(nll, 700.0)))
         res["heldout"] = {"seq_len": seq_len, "max_batches_per_language": max_b,
-                          "tokenizer": lm.tokenizer.name}
+                          "tokenizer": getattr(lm.tokenizer, "name", repr(lm.tokenizer))}
     return res
 
   def _write_predictions(self, directory, name, records):
@@ -217,7 +217,8 @@ class Evaluator:
     res = self.evaluate_model(base, routing=False,
                               ppl_languages=_csv(c.languages) or lm.languages)
     entry = {"key": key, "workdir": b_dir, "step": base.step, "name": base.config.name,
-             "languages": base.languages, "tokenizer": base.tokenizer.name, **res}
+             "languages": base.languages,
+             "tokenizer": getattr(base.tokenizer, "name", repr(base.tokenizer)), **res}
     results["baseline"] = entry
     return entry
 
@@ -246,7 +247,8 @@ class Evaluator:
       base = self._baseline(results, lm)
       original = _csv(self.c.forgetting.original) or base["languages"]
       entry["forgetting"] = forgetting.compare(entry, base, original)
-      entry["forgetting"]["same_tokenizer"] = base["tokenizer"] == lm.tokenizer.name
+      entry["forgetting"]["same_tokenizer"] = (
+          base["tokenizer"] == getattr(lm.tokenizer, "name", repr(lm.tokenizer)))
     entry["seconds"] = time.time() - t0
     figs = {}
     if self.main:

@@ -109,7 +109,7 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, lang: Seq
 def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              eos_id: int, pad_id: int = 0, lang_ids: Sequence[int] | None = None,
              batch_size: int = 8, bucket: int = 64, stop_table: np.ndarray | None = None,
-             put=None, progress=None) -> list[list[int]]:
+             put=None, fetch=None, progress=None) -> list[list[int]]:
   """Greedy continuations of `prompts` (token id lists, BOS included if wanted), in input order.
 
   lang_ids: per prompt, the index of its language in the model's language list (-1 = none);
@@ -118,7 +118,8 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_toke
   function) so few shapes compile. stop_table: from
   `line_stop_tables` to stop at the end of the first non-empty line. put: maps a numpy batch
   array to a device array (sharding); default jnp.asarray. progress: a tqdm-like bar, updated
-  by the number of prompts done.
+  by the number of prompts done. fetch: device array -> numpy (default jax.device_get; several
+  processes need an all-gather).
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -126,6 +127,7 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_toke
     raise ValueError("generate: an empty prompt; give at least one token (e.g. BOS)")
   lang_ids = list(lang_ids) if lang_ids is not None else [-1] * len(prompts)
   put = put or jnp.asarray
+  fetch = fetch or (lambda x: np.asarray(jax.device_get(x)))
   if isinstance(params, nnx.State):  # Variables are bound to a trace; plain arrays are not
     params = nnx.to_pure_dict(params)
   table = jnp.asarray(stop_table if stop_table is not None else np.zeros((3, 0), bool))
@@ -140,7 +142,7 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_toke
     out, count = _generate_batch(graphdef, params, *(put(a) for a in arrays), put(active), table,
                                  np.int32(eos_id), np.int32(pad_id),
                                  max_new_tokens=int(max_new_tokens))
-    out, count = np.asarray(jax.device_get(out)), np.asarray(jax.device_get(count))
+    out, count = fetch(out), fetch(count)
     for r, i in enumerate(idx):
       results[i] = out[r, : count[r]].tolist()
     if progress is not None:

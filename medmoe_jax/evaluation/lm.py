@@ -66,6 +66,9 @@ def bucket_length(n: int, minimum: int = 64) -> int:
   return length
 
 
+_STOP_TABLES: dict = {}
+
+
 def _fetch(x):
   """A (possibly sharded, possibly multi-process) array -> numpy on every process."""
   if x is None:
@@ -276,20 +279,25 @@ class LanguageModel:
 
   # --- Generation.
 
-  @functools.cached_property
+  @property
   def _stop_table(self):
-    return gen_lib.line_stop_tables(self.tokenizer, self.spec.vocab_size)
+    key = (getattr(self.tokenizer, "name", id(self.tokenizer)), self.tokenizer.vocab_size,
+           self.spec.vocab_size)
+    if key not in _STOP_TABLES:  # one decode per vocabulary entry: once per tokenizer
+      _STOP_TABLES[key] = gen_lib.line_stop_tables(self.tokenizer, self.spec.vocab_size)
+    return _STOP_TABLES[key]
 
   def generate(self, prompts: Sequence[tuple[list[int], str | None]], *, max_new_tokens: int,
                stop_at_line: bool = False, progress=None) -> list[str]:
     """Greedy continuations (decoded text) of (prompt ids, lang) pairs."""
     ids = [p for p, _ in prompts]
     langs = [self.lang_index(l) for _, l in prompts]
+    pad = self.tokenizer.pad_id
     out = gen_lib.generate(self.graphdef, self.params, ids, max_new_tokens=max_new_tokens,
-                           eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                           eos_id=self.tokenizer.eos_id, pad_id=0 if pad is None else pad,
                            lang_ids=langs, batch_size=self.batch_size, bucket=bucket_length,
                            stop_table=self._stop_table if stop_at_line else None,
-                           put=self.put, progress=progress)
+                           put=self.put, fetch=_fetch, progress=progress)
     return [self.tokenizer.decode(o) for o in out]
 
   def generate_until(self, requests: Sequence[tuple], *, default_max_tokens: int = 256) -> list[str]:

@@ -52,7 +52,7 @@ class MedMoELM(LM):
 
   @property
   def tokenizer_name(self) -> str:
-    return str(self.lm.tokenizer.name)
+    return str(getattr(self.lm.tokenizer, "name", type(self.lm.tokenizer).__name__))
 
   def loglikelihood(self, requests) -> list[tuple[float, bool]]:
     reqs = [(r.args[0], r.args[1], self.lang) for r in requests]

@@ -400,7 +400,9 @@ def loglikelihood_requests(item: MCQItem, choices: str = "text") -> list[tuple[s
 def score_generative(items: Sequence[MCQItem], generate: Callable, tokenizer, *, shots: int,
                      seed: int, max_chars: int) -> list[dict]:
   """generate(list of (prompt ids, lang)) -> list of output texts. Returns one record per item."""
-  eos_text = tokenizer.id_to_piece(tokenizer.eos_id)
+  # The EOS between exemplars counts as its piece text toward the character limit.
+  eos_text = (tokenizer.id_to_piece(tokenizer.eos_id) if hasattr(tokenizer, "id_to_piece")
+              else "</s>")
   prompts = build_prompts(items, shots=shots, seed=seed, max_chars=max_chars, eos_text=eos_text)
   todo = [i for i, p in enumerate(prompts) if p is not None]
   outputs = generate([(prompt_ids(prompts[i], tokenizer), items[i].lang) for i in todo])
