@@ -66,7 +66,10 @@ def _path_str(path) -> str:
 
 class Checkpointer:
 
-  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    # read_only: for readers beside a running training job (evaluation): never creates, deletes
+    # or cleans up anything in `directory`.
     # gs://... (shared by all hosts) stays a URL; Orbax writes it through etils.epath.
     self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.failed_steps: list[int] = []
@@ -74,14 +77,16 @@ class Checkpointer:
     self._async = bool(async_save)
     self._pause = _parse_pause(os.environ.get(PAUSE_ENV, "")) if async_save else None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
+        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+        create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only,
         async_options=(ocp.AsyncOptions(post_finalization_callback=self._test_pause)
                        if self._pause else None))
     # Explicit handlers (not just item names) so that metadata can be read before a restore.
     self._mngr = ocp.CheckpointManager(
         self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -176,6 +181,26 @@ class Checkpointer:
     data_state = restored["data"].state if "data" in items else None
     return TrainState(s["step"], s["params"], s["opt_state"]), data_state, step
 
+  def restore_params(self, abstract_params, step: int | None = None):
+    """Only the parameters of a train state (no optimizer state, no data iterator): what
+    evaluation needs. abstract_params: pure-dict tree of jax.ShapeDtypeStruct with target
+    shardings. Returns (params, step)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    if step not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                              f"available steps: {self.all_steps()}")
+    # The manager's "state" handler restores whole trees; read the item directly to take only
+    # the parameters (no optimizer moments are loaded).
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+    with ocp.PyTreeCheckpointer() as reader:
+      restored = reader.restore(
+          epath.Path(self.directory) / str(step) / "state",
+          args=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                      restore_args={"params": restore_args}, partial_restore=True))
+    return restored["params"], step
+
   def close(self):
     self.wait()
     self._mngr.close()
@@ -196,6 +221,22 @@ def _parse_pause(value: str):
     return int(step), float(seconds)
   except ValueError:
     raise ValueError(f"{PAUSE_ENV}={value!r}: expected STEP:SECONDS, e.g. 4:600") from None
+
+
+def read_run_config(workdir: str):
+  """The resolved config a training run wrote to <workdir>/config.json, as a ConfigDict."""
+  import ml_collections
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no config.json; pass the training workdir (the directory "
+                            "holding config.json and checkpoints/)")
+  with open(path, encoding="utf-8") as f:
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+  return ml_collections.ConfigDict(data)
 
 
 def abstract_with_shardings(tree, shardings):

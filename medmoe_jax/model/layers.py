@@ -77,6 +77,19 @@ def attention_mask(segment_ids):
   return (causal[None] & same)[:, None]
 
 
+def cached_attention_mask(segment_ids, cache_segment_ids, index):
+  """[B, 1, S, T] bool for S new tokens written at cache slots [index, index + S).
+
+  Query i (slot index + i) sees cache slot j <= index + i of the same segment: the training mask
+  (`attention_mask`) over cache slots, so a prefill into a fresh cache reproduces the training
+  forward, padding (segment 0) included. segment_ids: [B, S]; cache_segment_ids: [B, T], already
+  holding the new tokens' segments."""
+  s, t = segment_ids.shape[-1], cache_segment_ids.shape[-1]
+  causal = jnp.arange(t)[None, :] <= (index + jnp.arange(s))[:, None]  # [S, T]
+  same = segment_ids[:, :, None] == cache_segment_ids[:, None, :]
+  return (causal[None] & same)[:, None]
+
+
 class Attention(nnx.Module):
 
   def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
@@ -108,6 +121,20 @@ class Attention(nnx.Module):
     # Grouped-query attention: jax.nn.dot_product_attention accepts fewer kv heads directly.
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)
     return self.o_proj(out).astype(dt)
+
+  def decode(self, x, positions, mask, cache_k, cache_v, index):
+    """KV-cached attention (generation, evaluation). x: [B, S, D] new tokens; cache_k/v:
+    [B, T, KV, Dh]. Writes the new keys/values at slots [index, index + S) and attends over the
+    whole cache under `mask` [B, 1, S, T] (`cached_attention_mask`).
+    Returns (out [B, S, D], cache_k, cache_v)."""
+    dt = x.dtype
+    q = rope(self.q_proj(x).astype(dt), positions, self.spec.rope_theta)
+    k = rope(self.k_proj(x).astype(dt), positions, self.spec.rope_theta)
+    v = self.v_proj(x).astype(dt)
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+    out = jax.nn.dot_product_attention(q, cache_k.astype(dt), cache_v.astype(dt), mask=mask)
+    return self.o_proj(out).astype(dt), cache_k, cache_v
 
 
 class MLP(nnx.Module):

@@ -144,3 +144,18 @@ class MoEFeedForward(nnx.Module):
     num_langs = len(m.lang_to_expert)
     aux.update(routing.router_stats(r.probs, r.indices, flat_valid, forced, num_langs, flat_lang))
     return y, aux
+
+  def route_tokens(self, x, lang_ids) -> routing.Routing:
+    """The inference routing decisions of `__call__` (train=False: no jitter, no hybrid forcing;
+    hard routing still follows the language) for x: [B, S, D], lang_ids: [B, S]. Returns
+    Routing with indices/weights [B*S, k] and probs [B*S, E]. For routing analysis; training
+    never calls it."""
+    m = self.spec.moe
+    logits = jnp.einsum("bsd,de->bse", x.astype(jnp.float32), self.router.value.astype(jnp.float32))
+    flat_lang = lang_ids.reshape(-1)
+    forced = None
+    if m.lang_to_expert:
+      table = jnp.asarray(m.lang_to_expert, jnp.int32)
+      forced = jnp.where(flat_lang >= 0, table[jnp.maximum(flat_lang, 0)], -1)
+    return routing.route(logits.reshape(-1, m.num_experts), top_k=m.top_k, norm_topk=m.norm_topk,
+                         mode=m.language_routing, forced=forced, train=False)

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medmoe_jax.model.layers import (MLP, Attention, RMSNorm, attention_mask, constrain_batch,
-                                     dtype_of, normal_init)
+from medmoe_jax.model.layers import (MLP, Attention, RMSNorm, attention_mask, cached_attention_mask,
+                                     constrain_batch, dtype_of, normal_init)
 from medmoe_jax.model.moe import MoEFeedForward
 from medmoe_jax.model.spec import ModelSpec
 
@@ -43,6 +43,28 @@ class Block(nnx.Module):
       y, aux = self.ffn(z), {}
     return h + y, aux
 
+  def decode(self, x, positions, mask, lang_ids, valid, cache_k, cache_v, index, *,
+             return_routing=False):
+    """Inference through the KV cache (see `Transformer.decode`). Returns (x, cache_k, cache_v,
+    aux); with return_routing, an MoE block's aux holds `expert_indices` [B, S, k] and
+    `dropped_fraction`."""
+    a, cache_k, cache_v = self.attn.decode(self.input_norm(x), positions, mask, cache_k, cache_v,
+                                           index)
+    h = x + a
+    z = self.post_attn_norm(h)
+    aux = {}
+    if self.kind == "moe":
+      y, ffn_aux = self.ffn(z, lang_ids, valid, train=False)
+      if return_routing:
+        aux["expert_indices"] = self.ffn.route_tokens(z, lang_ids).indices.reshape(*z.shape[:2], -1)
+        aux["dropped_fraction"] = ffn_aux["dropped_fraction"]
+    elif self.kind == "dense":
+      y = self.ffn(z)
+    else:
+      raise NotImplementedError(f"Block.decode: no KV-cache path for block kind {self.kind!r}; "
+                                "add one beside Block.__call__")
+    return h + y, cache_k, cache_v, aux
+
 
 class Segment(nnx.Module):
   """`count` blocks of one kind with parameters stacked on a leading 'layers' axis."""
@@ -70,6 +92,18 @@ class Segment(nnx.Module):
       body = nnx.remat(body, policy=policy)
     scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
     return scan(x, self.blocks, keys)
+
+  def decode(self, x, positions, mask, lang_ids, valid, cache, index, *, return_routing=False):
+    """cache: {"k", "v"} [count, B, T, KV, Dh] scanned with the blocks. Returns (x, cache, aux)."""
+
+    def body(h, block, k, v):
+      h, k, v, aux = block.decode(h, positions, mask, lang_ids, valid, k, v, index,
+                                  return_routing=return_routing)
+      return h, (k, v, aux)
+
+    scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
+    x, (k, v, aux) = scan(x, self.blocks, cache["k"], cache["v"])
+    return x, {"k": k, "v": v}, aux
 
 
 class Transformer(nnx.Module):
@@ -109,3 +143,39 @@ class Transformer(nnx.Module):
     """Returns (logits [B, S, V] float32, aux) where aux maps names to [num_moe_layers, ...]."""
     h, aux = self.hidden_states(tokens, segment_ids, positions, lang_ids, train=train, rng=rng)
     return self.logits(h), aux
+
+  # --- Inference with a KV cache (generate.py, evaluation). The training forward is untouched.
+
+  def init_cache(self, batch: int, length: int) -> dict:
+    """An empty KV cache for `batch` rows of `length` slots: per segment k/v
+    [count, B, T, KV, Dh] in the compute dtype, and the slots' segment ids [B, T] (0 = empty)."""
+    dt, s = dtype_of(self.spec.dtype), self.spec
+    shape = lambda n: (n, batch, length, s.num_kv_heads, s.head_dim)
+    return {"segment_ids": jnp.zeros((batch, length), jnp.int32),
+            "layers": [{"k": jnp.zeros(shape(n), dt), "v": jnp.zeros(shape(n), dt)}
+                       for _, n in s.segments]}
+
+  def decode(self, tokens, segment_ids, positions, lang_ids, cache, index, *, last_only=False,
+             return_routing=False):
+    """Runs S new tokens [B, S] (written at cache slots [index, index + S), the same slots for
+    every row) through the model with a KV cache. A prefill into a fresh cache equals the
+    training forward (`__call__`, train=False); later calls with S=1 decode one token a step.
+    Returns (logits [B, S or 1, V] float32, cache, aux); with return_routing, aux holds
+    "expert_indices" [num_moe_layers, B, S, k] and "dropped_fraction" [num_moe_layers]."""
+    x = self.embed(tokens).astype(dtype_of(self.spec.dtype))
+    cache_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
+                                             (0, index))
+    mask = cached_attention_mask(segment_ids, cache_seg, index)
+    valid = segment_ids > 0
+    layers, moe_aux = [], []
+    for seg, layer_cache in zip(self.segments, cache["layers"]):
+      x, layer_cache, aux = seg.decode(x, positions, mask, lang_ids, valid, layer_cache, index,
+                                       return_routing=return_routing)
+      layers.append(layer_cache)
+      if aux:
+        moe_aux.append(aux)
+    h = self.final_norm(x)
+    if last_only:
+      h = h[:, -1:]
+    aux = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *moe_aux) if moe_aux else {}
+    return self.logits(h), {"segment_ids": cache_seg, "layers": layers}, aux

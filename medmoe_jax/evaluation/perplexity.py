@@ -1,0 +1,88 @@
+"""Per-language perplexity on held-out text, in one pass that can also collect routing.
+
+The held-out text is the "validation" split of the run's corpus (data/sources.py: every tenth
+record of each file), packed into rows exactly like training batches (data/pipeline.py
+`make_eval_batches`), one language at a time. A target counts where training's loss would count
+it: the next token of the same document (training.step.token_targets), so the numbers are the
+training loss's, on text the model never trained on.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def corpus_files(run_config) -> list[str]:
+  """The run's corpus files (config.data.sources: "sample" or comma-separated paths/globs)."""
+  from medmoe_jax.data import sources
+  if run_config.data.sources == "sample":
+    return sources.sample_files()
+  files = []
+  for pattern in [p.strip() for p in str(run_config.data.sources).split(",") if p.strip()]:
+    found = sorted(glob.glob(os.path.expanduser(pattern)))
+    if not found:
+      raise FileNotFoundError(f"the run's config.data.sources: {pattern!r} matches no file")
+    files.extend(found)
+  return files
+
+
+def heldout_source(run_config, data_dir: str):
+  """The validation split (built once as ArrayRecord under data_dir, reused after)."""
+  from medmoe_jax.data import sources
+  return sources.build_text_source(corpus_files(run_config), data_dir, "medmoe_text")["validation"]
+
+
+def target_weights(batch: dict) -> np.ndarray:
+  """[B, S] 1.0 where position t predicts a real next token of its own document (numpy twin of
+  training.step.token_targets)."""
+  seg, lm = batch["segment_ids"], batch["loss_mask"]
+  w = np.zeros(seg.shape, np.float64)
+  w[:, :-1] = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0) & (lm[:, 1:] > 0)
+  return w
+
+
+def evaluate(score: Callable[[dict], dict], source, *, languages: Sequence[str], model_lang_ids:
+             Sequence[int], tokenizer, seq_len: int, batch_size: int, max_batches: int = 0,
+             on_routing: Callable | None = None, progress=None) -> dict:
+  """Perplexity per language of `source` (a TextSource split).
+
+  score(batch) -> {"logprobs" [B, S], ...}: the model (LanguageModel.token_scores). languages:
+  the text languages to evaluate (each must have records); model_lang_ids[i]: languages[i]'s
+  index in the model's language list (-1 if the model has none). max_batches > 0 caps the
+  batches per language. on_routing(scores, batch): called with every batch's scores (routing
+  analysis shares the pass).
+  Returns {lang: {"nll", "ppl", "tokens", "batches"}}.
+  """
+  from medmoe_jax.data.pipeline import make_eval_batches
+
+  remap = np.asarray(list(model_lang_ids) + [-1], np.int32)  # index -1 -> -1
+  out = {}
+  for li, lang in enumerate(languages):
+    nll, tokens, nb = 0.0, 0.0, 0
+    for batch in make_eval_batches(source, languages=list(languages), tokenizer=tokenizer,
+                                   seq_len=seq_len, batch_size=batch_size, language=lang):
+      model_batch = dict(batch, lang_ids=remap[batch["lang_ids"]])
+      scores = score(model_batch)
+      w = target_weights(batch)
+      nll -= float(np.sum(scores["logprobs"] * w))
+      tokens += float(np.sum(w))
+      if on_routing is not None:
+        on_routing(scores, batch)
+      nb += 1
+      if progress is not None:
+        progress.update(1)
+      if max_batches and nb >= max_batches:
+        break
+    mean = nll / max(tokens, 1.0)
+    out[lang] = {"nll": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": int(tokens), "batches": nb}
+  return out
+
+
+def heldout_languages(source, wanted: Sequence[str]) -> list[str]:
+  """The wanted languages that have held-out records, in the order given."""
+  counts = source.lang_counts()
+  return [l for l in wanted if counts.get(l, 0) > 0]
