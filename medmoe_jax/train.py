@@ -77,7 +77,8 @@ class Trainer:
     self.dataset = pipeline.make_lm_dataset(
         splits["train"], languages=self.languages, tokenizer=self.tokenizer,
         seq_len=c.data.seq_len, batch_size=c.data.batch_size // nproc, seed=c.seed,
-        temperature=c.data.temperature, shard_index=jax.process_index(), shard_count=nproc)
+        temperature=c.data.temperature, shard_index=jax.process_index(), shard_count=nproc,
+        replay=cfg_lib.replay(c))
 
     # Model and optimizer, initialised directly into their shardings.
     abstract_model = nnx.eval_shape(lambda: Transformer(self.spec, rngs=nnx.Rngs(0)))
@@ -117,7 +118,15 @@ class Trainer:
     iterator = iter(self.dataset)
     latest = self.checkpointer.latest_step()
     if latest is None:
-      return self._init_state(), iterator
+      state = self._init_state()
+      up = self.config.get("upcycle", None)
+      if up is not None and up["from"]:
+        # A fresh run that starts from another checkpoint's params (upcycled from a dense model,
+        # or as they are), with a fresh optimizer state (Adam's init does not read the values).
+        from medmoe_jax import upcycle
+        state = state._replace(params=upcycle.initial_params(
+            self.config, self.spec, state.params, self.mesh, self.state_shardings.params))
+      return state, iterator
     state, data_state, step = self.checkpointer.restore(self.abstract_state)
     if data_state:
       iterator.set_state(data_state)

@@ -47,6 +47,21 @@ def mixture_weights(counts: Mapping[str, int], temperature: float = 1.0) -> dict
   return {lang: v / total for lang, v in scaled.items()}
 
 
+def replay_weights(weights: Mapping[str, float], replayed: Sequence[str],
+                   share: float) -> dict[str, float]:
+  """Rescale mixture weights so the `replayed` languages (MoE-LPR stage 2: the original
+  languages) get `share` of the documents together and the others 1 - share; proportions within
+  each group are kept."""
+  replayed = set(replayed)
+  w_rep = sum(w for lang, w in weights.items() if lang in replayed)
+  w_new = sum(w for lang, w in weights.items() if lang not in replayed)
+  if not 0.0 <= share < 1.0 or w_rep <= 0 or w_new <= 0:
+    raise ValueError(f"replay share {share} needs 0 <= share < 1 and documents in both the "
+                     f"replayed languages {sorted(replayed)} and the others")
+  return {lang: (share * w / w_rep if lang in replayed else (1.0 - share) * w / w_new)
+          for lang, w in weights.items()}
+
+
 def _record_langs(source) -> Sequence[str]:
   langs = getattr(source, "record_langs", None)
   if langs is None:  # a plain RandomAccessDataSource: read every record once
@@ -176,6 +191,7 @@ def make_lm_dataset(
     shard_index: int = 0,
     shard_count: int = 1,
     repeat: bool = True,
+    replay: tuple[Sequence[str], float] | None = None,
 ) -> grain.IterDataset:
   """Training batches from `source` (a TextSource or any source of {"text","lang"} records).
 
@@ -183,7 +199,8 @@ def make_lm_dataset(
   are skipped. repeat=True: the infinite temperature-weighted mixture. repeat=False: one epoch,
   every selected record of this shard exactly once in a seeded shuffled order (natural
   proportions; `temperature` does not apply), the last batch padded with empty rows.
-  `tokenizer` is a Tokenizer or a spec for `load_tokenizer`.
+  `tokenizer` is a Tokenizer or a spec for `load_tokenizer`. replay=(languages, share): those
+  languages together get `share` of the mixture (see `replay_weights`).
   """
   _check_args(seq_len, batch_size, shard_index, shard_count)
   tok = _load_tokenizer(tokenizer)
@@ -191,6 +208,8 @@ def make_lm_dataset(
   seed = int(seed) % 2**32
   if repeat:
     weights = mixture_weights({lang: len(idx) for lang, idx in by_lang.items()}, temperature)
+    if replay is not None and replay[1] > 0:
+      weights = replay_weights(weights, replay[0], replay[1])
     streams = [
         grain.MapDataset.source(idx).shuffle(seed=_seed_for(seed, lang)).repeat()
         for lang, idx in by_lang.items()
