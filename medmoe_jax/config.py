@@ -76,11 +76,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
 
-  # Initialise a fresh run from a checkpoint (medmoe_jax/upcycle.py). `from` is a Python keyword:
-  # in code write c.upcycle["from"]; on the command line --config.upcycle.from=PATH works.
+  # Initialise a fresh run from a checkpoint (medmoe_jax/upcycle.py). `from` is a Python keyword,
+  # which ml_collections' flag parser cannot take in a dotted path, so `from_` is the same field
+  # (one FieldReference): in code c.upcycle["from"] or c.upcycle.from_, on the command line
+  # --config.upcycle.from_=PATH.
+  source = ml_collections.FieldReference("", field_type=str)
   c.upcycle = ml_collections.ConfigDict({
       "method": "none",         # "none" (load params as they are) | "apollo" | "lpr" | "ct"
-      "from": "",               # workdir, checkpoints dir or step dir; "" = random init
+      "from": source,           # workdir, checkpoints dir or step dir; "" = random init
+      "from_": source,
   })
   return c
 
