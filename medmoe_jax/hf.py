@@ -230,11 +230,13 @@ def _block_from_hf(get, i: int, kind: str, spec) -> dict:
 
 
 class _Getter:
-  def __init__(self, reader: SafetensorsReader):
-    self.reader = reader
+  """Reads a tensor and casts it at once, so a bf16 checkpoint is never held twice in float32."""
+
+  def __init__(self, reader: SafetensorsReader, dtype):
+    self.reader, self.dtype = reader, dtype
 
   def __call__(self, key):
-    return self.reader.get(key)
+    return self.reader.get(key).astype(self.dtype, copy=False)
 
   def keys(self):
     return self.reader.keys()
@@ -242,7 +244,7 @@ class _Getter:
 
 def hf_to_params(reader: SafetensorsReader, spec, dtype=np.float32) -> dict:
   """Our pure param tree (numpy, `dtype`) from HF tensors, stacked per segment."""
-  get = _Getter(reader)
+  get = _Getter(reader, dtype)
   params = {"embed": {"embedding": get("model.embed_tokens.weight")},
             "final_norm": {"scale": get("model.norm.weight")}, "segments": {}}
   if not spec.tie_embeddings:
@@ -266,7 +268,7 @@ def _stack(blocks: list[dict]) -> dict:
 def _cast(tree, dtype):
   if isinstance(tree, dict):
     return {k: _cast(v, dtype) for k, v in tree.items()}
-  return np.ascontiguousarray(np.asarray(tree).astype(dtype))
+  return np.ascontiguousarray(np.asarray(tree).astype(dtype, copy=False))
 
 
 def params_to_hf(params: dict, spec):

@@ -26,7 +26,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from medmoe_jax.model.spec import ModelSpec
 
@@ -263,6 +262,3 @@ def initial_params(config, spec: ModelSpec, fresh, mesh, param_shardings):
     print(f"params {how} from {src} (step {step}); optimizer state fresh", flush=True)
   return params
 
-
-def numpy_params(tree):
-  return jax.tree.map(np.asarray, tree)

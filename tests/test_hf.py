@@ -12,7 +12,7 @@ from flax import nnx
 
 from conftest import load_config
 from medmoe_jax import config as cfg_lib
-from medmoe_jax import hf, upcycle
+from medmoe_jax import hf
 from medmoe_jax.checkpoint import Checkpointer
 from medmoe_jax.model import Transformer
 from medmoe_jax.training.step import TrainState
