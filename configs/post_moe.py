@@ -3,6 +3,7 @@ top-2 without renormalisation, hybrid-k routing (own-family expert forced during
 
   python -m medmoe_jax.train --config=configs/post_moe.py            # tiny, CPU, minutes
   python -m medmoe_jax.train --config=configs/post_moe.py:0.5b       # Qwen2-0.5B shapes
+  ... --config.upcycle.from_=DIR   # upcycle a dense checkpoint (ours or `python -m medmoe_jax.hf import`)
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_paper_training, apply_size, base_config
@@ -18,5 +19,6 @@ def get_config(arg=None):
   c.moe.language_routing = "hybrid"
   c.languages.table = "apollo50"
   c.languages.assignment = "family"
+  c.upcycle.method = "apollo"  # used when upcycle.from is set: every expert a copy of the FFN
   apply_paper_training(c)
   return c

@@ -51,7 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Hybrid-k sends a whole single-language row to one family expert, so a per-row capacity
       # below E/k drops tokens; 4.0 drops none at 7 experts top-2 (see issue 3: dropless).
       capacity_factor_train=4.0, capacity_factor_eval=4.0, jitter=0.0,
-      lb_loss_weight=0.0, z_loss_weight=0.0, lpr_loss_weight=0.0))
+      lb_loss_weight=0.0, z_loss_weight=0.0, lpr_loss_weight=0.0,
+      # MoE-CT: M MoE blocks appended after the last (frozen) base block, fused with the base
+      # hidden state by a gate that starts closed (our interpretation; see model/transformer.py).
+      appended=0))
 
   c.languages = ml_collections.ConfigDict(dict(
       table="apollo50",         # "apollo50" | "glottolog" | "major12"
@@ -72,18 +75,34 @@ def base_config() -> ml_collections.ConfigDict:
       on_error="raise",         # bad input: "raise" (error naming file/line/field) | "skip" (count)
       validation_every=10,      # record i of each file with i % N == 0 is validation; 0 = none
       packing="first_fit",      # "first_fit" (documents whole, rows padded) | "concat" (rows full)
-      num_threads=2, prefetch=2))  # pipeline read/tokenize threads; batches prepared ahead
+      num_threads=2, prefetch=2,  # pipeline read/tokenize threads; batches prepared ahead
+      # MoE-LPR stage 2: share of sampled documents drawn from config.languages.original (the
+      # replay data); 0 = plain temperature mixture over config.languages.use.
+      replay_share=0.0))
 
   c.train = ml_collections.ConfigDict(dict(
       steps=300, lr=3e-3, warmup_frac=0.03, min_lr_ratio=0.1, weight_decay=0.1,
       b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0,
-      freeze="",                # comma-separated regexes over param paths ("a/b/c")
+      freeze="",                # comma-separated regexes over param paths ("a/b/c") and/or
+                                # method presets "preset:NAME" (training/optim.py FREEZE_PRESETS)
+      freeze_experts="",        # expert ids whose slices of every MoE layer stay frozen ("0")
       log_every=10, checkpoint_every=100, keep_checkpoints=3, async_checkpoint=True,
       # NaN/Inf loss or grad norm: "stop" (name the step, keep the last good checkpoint) or
       # "skip" (drop that update inside the jitted step and count it in metrics).
       on_nonfinite="stop"))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+
+  # Initialise a fresh run from a checkpoint (medmoe_jax/upcycle.py). `from` is a Python keyword,
+  # which ml_collections' flag parser cannot take in a dotted path, so `from_` is the same field
+  # (one FieldReference): in code c.upcycle["from"] or c.upcycle.from_, on the command line
+  # --config.upcycle.from_=PATH.
+  source = ml_collections.FieldReference("", field_type=str)
+  c.upcycle = ml_collections.ConfigDict({
+      "method": "none",         # "none" (load params as they are) | "apollo" | "lpr" | "ct"
+      "from": source,           # workdir, checkpoints dir or step dir; "" = random init
+      "from_": source,
+  })
   return c
 
 
@@ -181,7 +200,11 @@ def validate(c, num_devices: int | None = None) -> None:
     moe_layers = parse_moe_layers(moe.layers, m.num_layers)
   except ValueError as e:
     raise _err("moe.layers", str(e)) from None
-  if moe_layers:
+  appended = int(moe.get("appended", 0))
+  if appended < 0:
+    raise _err("moe.appended", f"must be >= 0, got {appended}")
+  has_moe = bool(moe_layers) or appended > 0
+  if has_moe:
     if moe.num_experts < 1:
       raise _err("moe.num_experts", f"must be >= 1, got {moe.num_experts}")
     if not 1 <= moe.top_k <= moe.num_experts:
@@ -197,7 +220,7 @@ def validate(c, num_devices: int | None = None) -> None:
   assignment = expert_assignment(c)  # raises on unknown languages / missing families
   # Experts beyond the language experts are allowed (never forced; e.g. padding 7 family
   # experts to 8 so they shard evenly over an expert axis of 4).
-  if moe_layers and moe.language_routing != "none" and assignment.num_experts > moe.num_experts:
+  if has_moe and moe.language_routing != "none" and assignment.num_experts > moe.num_experts:
     raise _err("moe.num_experts", f"{moe.num_experts} experts, but table "
                f"{c.languages.table!r} with assignment {c.languages.assignment!r} defines "
                f"{assignment.num_experts} language experts ({', '.join(assignment.expert_names)}); "
@@ -207,6 +230,7 @@ def validate(c, num_devices: int | None = None) -> None:
     raise _err("languages.original", f"{unknown_orig[0]!r} is not in config.languages.use")
   if moe.lpr_loss_weight > 0 and not _csv(c.languages.original):
     raise _err("languages.original", "the LPR loss needs original languages; list them here")
+  _validate_methods(c, moe_layers, appended)
   if d.seq_len < 2 or d.batch_size < 1:
     raise _err("data", f"seq_len must be >= 2 and batch_size >= 1, got {d.seq_len}, {d.batch_size}")
   if not m.rope_theta > 0:
@@ -231,7 +255,7 @@ def validate(c, num_devices: int | None = None) -> None:
     if d.batch_size % batch_shards:
       raise _err("data.batch_size", f"{d.batch_size} is not divisible by the batch shards "
                  f"data*fsdp*expert={batch_shards}; make it a multiple of {batch_shards}")
-    if moe_layers and moe.num_experts % shape["expert"]:
+    if has_moe and moe.num_experts % shape["expert"]:
       raise _err("mesh.expert", f"{shape['expert']} expert shards do not divide "
                  f"num_experts={moe.num_experts}; use a divisor of {moe.num_experts}")
     tp = shape["tensor"]
@@ -262,6 +286,89 @@ def _validate_data(c) -> None:
     raise ConfigError(str(e)) from None
 
 
+UPCYCLE_METHODS = ("none", "apollo", "lpr", "ct")
+
+
+def freeze_items(c) -> list[str]:
+  """config.train.freeze as a list: regexes and "preset:NAME" entries."""
+  return _csv(c.train.freeze)
+
+
+def frozen_experts(c) -> tuple[int, ...]:
+  try:
+    return tuple(sorted({int(x) for x in _csv(c.train.get("freeze_experts", ""))}))
+  except ValueError:
+    raise _err("train.freeze_experts", f"{c.train.freeze_experts!r} is not a comma-separated "
+               "list of expert ids, e.g. '0'") from None
+
+
+def _validate_methods(c, moe_layers, appended: int) -> None:
+  """Upcycling, freezing and replay: the checks that tie a method's keys together."""
+  import re
+
+  from medmoe_jax.training.optim import FREEZE_PRESETS  # light: names and regex builders only
+
+  up = c.get("upcycle", None)
+  method = up.method if up is not None else "none"
+  if method not in UPCYCLE_METHODS:
+    raise _err("upcycle.method", f"{method!r}; use one of {', '.join(UPCYCLE_METHODS)}")
+  if method in ("apollo", "lpr"):
+    if not moe_layers:
+      raise _err("moe.layers", f"upcycle.method={method!r} turns dense FFNs into experts but "
+                 "config.moe.layers selects no layer; set e.g. 'last:2' (Apollo) or 'all' (LPR)")
+    if appended:
+      raise _err("moe.appended", f"upcycle.method={method!r} does not append blocks; set "
+                 "config.moe.appended=0 or upcycle.method='ct'")
+  if method == "ct" and (appended < 1 or moe_layers):
+    raise _err("moe.appended" if appended < 1 else "moe.layers",
+               "upcycle.method='ct' keeps every base layer dense and appends MoE blocks: set "
+               "config.moe.layers='none' and config.moe.appended>=1")
+  if method == "lpr" and c.moe.num_experts < 2:
+    raise _err("moe.num_experts", "MoE-LPR keeps the original FFN as expert 0 and trains new "
+               "experts beside it; set config.moe.num_experts>=2")
+  for item in freeze_items(c):
+    if item.startswith("preset:"):
+      name = item.split(":", 1)[1]
+      if name not in FREEZE_PRESETS:
+        raise _err("train.freeze", f"unknown preset {name!r}; choose one of "
+                   f"{', '.join('preset:' + n for n in FREEZE_PRESETS)}")
+      if name == "ct" and appended < 1:
+        raise _err("train.freeze", "preset:ct trains only the appended MoE blocks, but "
+                   "config.moe.appended=0; set config.moe.appended>=1")
+    else:
+      try:
+        re.compile(item)
+      except re.error as e:
+        raise _err("train.freeze", f"bad regex {item!r}: {e}") from None
+  experts = frozen_experts(c)
+  if experts:
+    if not (moe_layers or appended):
+      raise _err("train.freeze_experts", "the model has no MoE layer; leave it empty")
+    bad = [e for e in experts if not 0 <= e < c.moe.num_experts]
+    if bad:
+      raise _err("train.freeze_experts", f"expert {bad[0]} is out of range for "
+                 f"moe.num_experts={c.moe.num_experts}")
+    if len(experts) == c.moe.num_experts:
+      raise _err("train.freeze_experts", "freezes every expert; freeze them with a regex instead")
+  share = float(c.data.get("replay_share", 0.0))
+  if not 0.0 <= share < 1.0:
+    raise _err("data.replay_share", f"must be in [0, 1), got {share}")
+  if share > 0:
+    original = _csv(c.languages.original)
+    if not original:
+      raise _err("languages.original", "data.replay_share > 0 replays the original languages; "
+                 "list them in config.languages.original")
+    if set(original) >= set(language_list(c)):
+      raise _err("languages.use", "data.replay_share needs languages besides the original ones "
+                 "(the new languages of MoE-LPR)")
+
+
+def replay(c) -> tuple[tuple[str, ...], float] | None:
+  """(replayed languages, their share of the mixture) for the data pipeline, or None."""
+  share = float(c.data.get("replay_share", 0.0))
+  return (tuple(_csv(c.languages.original)), share) if share > 0 else None
+
+
 def model_spec(c) -> ModelSpec:
   """The model's plain spec from a validated config."""
   m, moe = c.model, c.moe
@@ -282,8 +389,26 @@ def model_spec(c) -> ModelSpec:
       num_kv_heads=m.num_kv_heads, head_dim=m.head_dim or m.d_model // m.num_heads, d_ff=m.d_ff,
       qkv_bias=bool(m.qkv_bias), tie_embeddings=bool(m.tie_embeddings), rope_theta=m.rope_theta,
       norm_eps=m.norm_eps, init_std=m.init_std, dtype=m.dtype, param_dtype=m.param_dtype,
-      remat=m.remat, segments=segments_for(m.num_layers, moe_layers), moe=moe_spec)
+      remat=m.remat, segments=segments_for(m.num_layers, moe_layers, int(moe.get("appended", 0))),
+      moe=moe_spec)
 
 
 def to_json(c) -> str:
   return json.dumps(c.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json_dict(d: dict) -> ml_collections.ConfigDict:
+  """A config written by `to_json` (a workdir's config.json) back into a ConfigDict: defaults
+  from base_config() for keys an older file lacks; keys this version does not know are kept."""
+  c = base_config()
+
+  def merge(dst, src):
+    for k, v in src.items():
+      if isinstance(v, dict) and k in dst and isinstance(dst[k], ml_collections.ConfigDict):
+        merge(dst[k], v)
+      else:
+        with dst.ignore_type():
+          dst[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+
+  merge(c, d)
+  return c

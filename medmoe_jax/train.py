@@ -174,7 +174,15 @@ class Trainer:
     self.restored_window = None
     latest = self.checkpointer.latest_step()
     if latest is None:
-      return self._init_state(), iterator
+      state = self._init_state()
+      up = self.config.get("upcycle", None)
+      if up is not None and up["from"]:
+        # A fresh run that starts from another checkpoint's params (upcycled from a dense model,
+        # or as they are), with a fresh optimizer state (Adam's init does not read the values).
+        from medmoe_jax import upcycle
+        state = state._replace(params=upcycle.initial_params(
+            self.config, self.spec, state.params, self.mesh, self.state_shardings.params))
+      return state, iterator
     state, data_state, step = self.checkpointer.restore(self.abstract_state)
     data_state = dict(data_state or {})
     self.restored_window = data_state.pop(_WINDOW_KEY, None)

@@ -81,6 +81,7 @@ def train_dataset(c, workdir: str, tokenizer, process_index: int = 0, process_co
   if c.data.batch_size % process_count:
     raise ValueError(f"config.data.batch_size={c.data.batch_size} is not divisible by the "
                      f"{process_count} processes; make it a multiple of {process_count}")
+  from medmoe_jax import config as cfg_lib  # pylint: disable=g-import-not-at-top
   from medmoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   train = concat(build_sources(c, workdir, log=log), "train")
@@ -89,7 +90,7 @@ def train_dataset(c, workdir: str, tokenizer, process_index: int = 0, process_co
       batch_size=c.data.batch_size // process_count, seed=c.seed,
       temperature=c.data.temperature, shard_index=process_index, shard_count=process_count,
       num_threads=int(c.data.num_threads), prefetch=int(c.data.prefetch),
-      packing=c.data.packing)
+      packing=c.data.packing, replay=cfg_lib.replay(c))
 
 
 # ---------------------------------------------------------------- statistics

@@ -88,6 +88,32 @@ def group_weights(groups: Sequence[tuple[str, str, float, int]], temperature: fl
   return [p_lang[lang] * w * n / mass[lang] for lang, _, w, n in groups]
 
 
+def replay_weights(weights: Mapping[str, float], replayed: Sequence[str],
+                   share: float) -> dict[str, float]:
+  """Rescale mixture weights so the `replayed` languages (MoE-LPR stage 2: the original
+  languages) get `share` of the documents together and the others 1 - share; proportions within
+  each group are kept."""
+  replayed = set(replayed)
+  w_rep = sum(w for lang, w in weights.items() if lang in replayed)
+  w_new = sum(w for lang, w in weights.items() if lang not in replayed)
+  if not 0.0 <= share < 1.0 or w_rep <= 0 or w_new <= 0:
+    raise ValueError(f"replay share {share} needs 0 <= share < 1 and documents in both the "
+                     f"replayed languages {sorted(replayed)} and the others")
+  return {lang: (share * w / w_rep if lang in replayed else (1.0 - share) * w / w_new)
+          for lang, w in weights.items()}
+
+
+def _apply_replay(groups, weights: list[float], replay) -> list[float]:
+  """Group weights rescaled so the replayed languages get replay[1] of the mixture together;
+  proportions within a language (its sources) are kept."""
+  per_lang: dict[str, float] = {}
+  for (lang, *_), w in zip(groups, weights):
+    per_lang[lang] = per_lang.get(lang, 0.0) + w
+  new = replay_weights(per_lang, replay[0], replay[1])
+  return [w * new[g[0]] / per_lang[g[0]] if per_lang[g[0]] > 0 else 0.0
+          for g, w in zip(groups, weights)]
+
+
 def _groups(source, languages: Sequence[str], split_desc: str, weighted: bool):
   """[(lang, part, weight, indices)] of the selected languages, in `languages` order."""
   from medmoe_jax.data import sources  # pylint: disable=g-import-not-at-top
@@ -322,6 +348,7 @@ def make_lm_dataset(
     num_threads: int = NUM_THREADS,
     prefetch: int = PREFETCH,
     packing: str = "first_fit",
+    replay: tuple[Sequence[str], float] | None = None,
 ) -> grain.IterDataset:
   """Training batches from `source`: a TextSource, a ConcatSource (several weighted sources),
   or any sequence of {"text", "lang"[, "prompt_spans"]} records.
@@ -332,6 +359,8 @@ def make_lm_dataset(
   shuffled order (natural proportions; `temperature` and weights do not apply), the last batch
   padded with empty rows. `tokenizer` is a Tokenizer or a spec for `load_tokenizer`.
   `packing`: "first_fit" or "concat" (see the module docstring).
+  replay=(languages, share): those languages together get `share` of the mixture (MoE-LPR stage 2;
+  see `replay_weights`).
   """
   _check_args(seq_len, batch_size, shard_index, shard_count)
   tok = _load_tokenizer(tokenizer)
@@ -339,6 +368,8 @@ def make_lm_dataset(
   seed = int(seed) % 2**32
   if repeat:
     weights = group_weights([(l, p, w, len(i)) for l, p, w, i in groups], temperature)
+    if replay is not None and replay[1] > 0:
+      weights = _apply_replay(groups, weights, replay)
     streams = [grain.MapDataset.range(sys.maxsize).map(_Permuted(idx, _seed_for(seed, lang, part)))
                for lang, part, _, idx in groups]
     records = grain.MapDataset.mix(streams, weights) if len(streams) > 1 else streams[0]

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-SegmentKind = Literal["dense", "moe"]
+# "appended": MoE-CT (our interpretation): MoE blocks after the last base block whose output is
+# fused with the base hidden state by a learned gate that starts closed (see transformer.py).
+SegmentKind = Literal["dense", "moe", "appended"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,7 @@ class ModelSpec:
   def moe_layer_indices(self) -> tuple[int, ...]:
     out, i = [], 0
     for kind, count in self.segments:
-      if kind == "moe":
+      if kind in ("moe", "appended"):
         out.extend(range(i, i + count))
       i += count
     return tuple(out)
@@ -108,8 +110,10 @@ def parse_moe_layers(spec: str | list | tuple, num_layers: int) -> tuple[int, ..
   return tuple(sorted(idx))
 
 
-def segments_for(num_layers: int, moe_layers: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
-  """Group layers into maximal homogeneous runs: Post-MoE last:2 of 24 -> (dense 22, moe 2)."""
+def segments_for(num_layers: int, moe_layers: tuple[int, ...],
+                 appended: int = 0) -> tuple[tuple[str, int], ...]:
+  """Group layers into maximal homogeneous runs: Post-MoE last:2 of 24 -> (dense 22, moe 2).
+  appended > 0 adds MoE-CT's appended MoE blocks after the last base layer: (dense 24, appended M)."""
   kinds = ["moe" if i in set(moe_layers) else "dense" for i in range(num_layers)]
   segs: list[list] = []
   for k in kinds:
@@ -117,4 +121,6 @@ def segments_for(num_layers: int, moe_layers: tuple[int, ...]) -> tuple[tuple[st
       segs[-1][1] += 1
     else:
       segs.append([k, 1])
+  if appended:
+    segs.append(["appended", appended])
   return tuple((k, n) for k, n in segs)

@@ -2,7 +2,8 @@
 
 A model is a list of segments, each a homogeneous stack of blocks run by one `nnx.scan`
 (compile time independent of depth). Post-MoE = [dense x (L-N), moe x N]; all-MoE = [moe x L];
-dense baseline = [dense x L]. Methods differ only in `ModelSpec.segments`.
+dense baseline = [dense x L]; MoE-CT = [dense x L, appended x M]. Methods differ only in
+`ModelSpec.segments`.
 """
 from __future__ import annotations
 
@@ -66,18 +67,44 @@ class Block(nnx.Module):
     return h + y, cache_k, cache_v, aux
 
 
+class FusionGate(nnx.Module):
+  """MoE-CT fusion, our interpretation (the paper publishes neither the attachment point nor the
+  gate formula): out = base + g * (moe - base), with a per-token gate
+  g = tanh(rms(base) . kernel + bias) in (-1, 1). kernel and bias start at zero, so g = 0 and the
+  model equals its frozen base model exactly at step 0; both get gradients from the first step
+  (d out / d bias = moe - base), and the appended blocks train once the gate opens."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    del rngs
+    self.eps = spec.norm_eps
+    self.kernel = nnx.Param(jnp.zeros((spec.d_model,), jnp.float32), out_sharding=("embed",))
+    self.bias = nnx.Param(jnp.zeros((), jnp.float32), out_sharding=())
+
+  def __call__(self, base, moe):
+    """base, moe: [B, S, D] hidden states before / after the appended blocks -> [B, S, D]."""
+    b32 = base.astype(jnp.float32)
+    z = b32 * jax.lax.rsqrt(jnp.mean(b32 * b32, axis=-1, keepdims=True) + self.eps)
+    g = jnp.tanh(z @ self.kernel.value + self.bias.value)[..., None]  # [B, S, 1]
+    return (b32 + g * (moe.astype(jnp.float32) - b32)).astype(base.dtype)
+
+
 class Segment(nnx.Module):
-  """`count` blocks of one kind with parameters stacked on a leading 'layers' axis."""
+  """`count` blocks of one kind with parameters stacked on a leading 'layers' axis. An "appended"
+  segment (MoE-CT) is a stack of MoE blocks plus the FusionGate that mixes its output back into
+  the hidden state it started from."""
 
   def __init__(self, spec: ModelSpec, kind: str, count: int, *, rngs: nnx.Rngs):
     self.kind, self.count, self.remat = kind, count, spec.remat
+    block_kind = "moe" if kind == "appended" else kind
 
     @nnx.split_rngs(splits=count)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def create(r):
-      return Block(spec, kind, rngs=r)
+      return Block(spec, block_kind, rngs=r)
 
     self.blocks = create(rngs)
+    if kind == "appended":
+      self.fusion = FusionGate(spec, rngs=rngs)
 
   def __call__(self, x, positions, mask, lang_ids, valid, *, train: bool, rng=None):
     keys = jax.random.split(rng, self.count) if rng is not None else jnp.zeros((self.count, 2), jnp.uint32)
@@ -91,7 +118,10 @@ class Segment(nnx.Module):
     if self.remat != "none":
       body = nnx.remat(body, policy=policy)
     scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
-    return scan(x, self.blocks, keys)
+    y, aux = scan(x, self.blocks, keys)
+    if self.kind == "appended":
+      y = self.fusion(x, y)
+    return y, aux
 
   def decode(self, x, positions, mask, lang_ids, valid, cache, index, *, return_routing=False):
     """cache: {"k", "v"} [count, B, T, KV, Dh] scanned with the blocks. Returns (x, cache, aux)."""
@@ -102,8 +132,10 @@ class Segment(nnx.Module):
       return h, (k, v, aux)
 
     scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0))
-    x, (k, v, aux) = scan(x, self.blocks, cache["k"], cache["v"])
-    return x, {"k": k, "v": v}, aux
+    y, (k, v, aux) = scan(x, self.blocks, cache["k"], cache["v"])
+    if self.kind == "appended":  # MoE-CT: the same gate as the training forward
+      y = self.fusion(x, y)
+    return y, {"k": k, "v": v}, aux
 
 
 class Transformer(nnx.Module):
@@ -129,7 +161,7 @@ class Transformer(nnx.Module):
     seg_rngs = jax.random.split(rng, len(self.segments)) if rng is not None else [None] * len(self.segments)
     for seg, r in zip(self.segments, seg_rngs):
       x, aux = seg(x, positions, mask, lang_ids, valid, train=train, rng=r)
-      if seg.kind == "moe":
+      if seg.kind != "dense":
         moe_aux.append(aux)
     aux = jax.tree.map(lambda *a: jnp.concatenate(a, axis=0), *moe_aux) if moe_aux else {}
     return self.final_norm(x), aux

@@ -1,0 +1,52 @@
+"""MoE-LPR stage 2 (review with language-priors routing): only the routers train, from the
+stage-1 checkpoint (params only, fresh optimizer), on new-language text mixed with replay of the
+original languages (`data.replay_share` of the documents). The LPR loss (0.1 x -log p_router
+(expert 0) over original-language tokens) teaches the routers to send the original languages to
+the frozen original FFN; no load-balancing loss.
+
+  python -m medmoe_jax.train --config=configs/moe_lpr_stage2.py  # from workdir/moe_lpr_stage1
+  ... --config.upcycle.from=DIR --config.data.replay_share=0.2
+Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
+"""
+from medmoe_jax.config import apply_size, base_config
+from medmoe_jax.presets import PAPER_TRAINING
+
+SAMPLE_NEW, SAMPLE_ORIGINAL = ["sw", "ha", "mg"], ["en", "zh", "es"]
+PAPER_NEW, PAPER_ORIGINAL = ["el", "hu", "tr"], ["en", "zh", "es"]
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.name = "moe_lpr_stage2"
+  apply_size(c, arg or "tiny")
+  c.moe.layers = "all"
+  c.moe.num_experts = 4
+  c.moe.top_k = 2
+  c.moe.norm_topk = True
+  c.moe.language_routing = "none"
+  c.moe.lb_loss_weight = 0.0
+  c.moe.lpr_loss_weight = 0.1
+  # Start from stage 1's params as they are (same model), with a fresh optimizer.
+  c.upcycle.method = "none"
+  c.upcycle["from"] = "workdir/moe_lpr_stage1"
+  c.train.freeze = "preset:lpr_stage2"  # routers only
+  c.languages.use = SAMPLE_NEW + SAMPLE_ORIGINAL
+  c.languages.original = list(SAMPLE_ORIGINAL)
+  # Their script draws the same number of documents from every dataset (new and replay), i.e.
+  # about half replay with 3 + 3 languages; any share in [0, 1) works.
+  c.data.replay_share = 0.5
+  c.train.steps = 100
+  if c.size not in ("tiny", "small"):
+    c.languages.table = "glottolog"
+    c.languages.use = PAPER_NEW + PAPER_ORIGINAL
+    c.languages.original = list(PAPER_ORIGINAL)
+    c.data.seq_len = 512
+    c.data.batch_size = PAPER_TRAINING["batch_size"]
+    c.train.lr = 5e-5
+    c.model.dtype = PAPER_TRAINING["dtype"]
+    c.model.remat = PAPER_TRAINING["remat"]
+    c.data.sources = ""
+    c.data.tokenizer = ""
+    c.train.steps = 2000
+    c.train.checkpoint_every = 500
+  return c

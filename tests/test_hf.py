@@ -1,0 +1,187 @@
+"""Hugging Face interop against transformers (PyTorch CPU, fp32): imported Qwen2/Llama models give
+HF's logits, our MoE exported as Qwen2-MoE gives ours, round trips are exact, pickles are refused."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import load_config
+from medmoe_jax import config as cfg_lib
+from medmoe_jax import hf
+from medmoe_jax.checkpoint import Checkpointer
+from medmoe_jax.model import Transformer
+from medmoe_jax.training.step import TrainState
+from method_runs import random_params
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TOKENS = np.random.RandomState(0).randint(0, 128, (2, 12)).astype(np.int32)
+TOL = 1e-4
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(spec, params, tokens):
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(spec, rngs=nnx.Rngs(0))))
+  b, s = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+  logits, _ = nnx.merge(graphdef, params)(tokens, jnp.ones((b, s), jnp.int32), positions,
+                                          -jnp.ones((b, s), jnp.int32), train=False)
+  return logits
+
+
+def _ours(spec, params):
+  return np.asarray(_forward(spec, jax.tree.map(jnp.asarray, params), jnp.asarray(TOKENS)))
+
+
+def _hf_logits(model):
+  with torch.no_grad():
+    return model(torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
+
+
+def _randomize(model, seed):
+  """Weights well away from init (norms != 1, biases != 0), so a layout mistake shows."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=g)
+      p.copy_(1.0 + 0.2 * noise if name.endswith("norm.weight") else 0.15 * noise)
+  return model
+
+
+def _save_hf(cls, cfg, path, seed, **save_kw):
+  torch.manual_seed(seed)
+  model = _randomize(cls(cfg).eval(), seed)
+  model.save_pretrained(str(path), **save_kw)
+  return model
+
+
+def _imported(out):
+  c, spec, params, _ = hf.load_checkpoint(str(out))
+  return c, spec, params
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+  root = tmp_path_factory.mktemp("qwen2")
+  cfg = transformers.Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 rope_theta=5000.0, tie_word_embeddings=True, rms_norm_eps=1e-6)
+  model = _save_hf(transformers.Qwen2ForCausalLM, cfg, root / "hf", seed=0)
+  hf.import_hf(str(root / "hf"), str(root / "ours"))
+  return root, model
+
+
+def test_qwen2_import_matches_transformers(qwen2):
+  root, model = qwen2
+  c, spec, params = _imported(root / "ours")
+  assert spec.tie_embeddings and spec.qkv_bias and spec.rope_theta == 5000.0
+  assert spec.segments == (("dense", 2),) and c.upcycle["from"] == str(root / "ours")
+  ref = _hf_logits(model)
+  assert np.abs(ref).max() > 1.0
+  assert np.abs(_ours(spec, params) - ref).max() <= TOL
+  # The generated config file reproduces the shapes.
+  assert cfg_lib.model_spec(load_config_file(root / "ours" / "config.py")) == spec
+
+
+def load_config_file(path):
+  import importlib.util
+  mod_spec = importlib.util.spec_from_file_location("imported_cfg", str(path))
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def test_round_trip_import_export_import_is_exact(qwen2):
+  root, model = qwen2
+  assert hf.main(["export", "--checkpoint", str(root / "ours"), "--out", str(root / "exp")]) == 0
+  cfg = json.load(open(root / "exp" / "config.json"))
+  assert cfg["model_type"] == "qwen2" and cfg["tie_word_embeddings"] is True
+  again = transformers.AutoModelForCausalLM.from_pretrained(str(root / "exp"), dtype=torch.float32)
+  np.testing.assert_array_equal(_hf_logits(again), _hf_logits(model))
+  hf.import_hf(str(root / "exp"), str(root / "ours2"))
+  _, spec1, p1 = _imported(root / "ours")
+  _, spec2, p2 = _imported(root / "ours2")
+  assert spec1 == spec2
+  jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_llama_sharded_import_matches_transformers(tmp_path):
+  cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 head_dim=24, rope_theta=10000.0, rms_norm_eps=1e-5,
+                                 tie_word_embeddings=False)
+  model = _save_hf(transformers.LlamaForCausalLM, cfg, tmp_path / "hf", seed=1,
+                   max_shard_size="40KB")
+  assert os.path.isfile(tmp_path / "hf" / "model.safetensors.index.json")  # sharded
+  hf.import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"))
+  _, spec, params = _imported(tmp_path / "ours")
+  assert not spec.qkv_bias and not spec.tie_embeddings and spec.head_dim == 24
+  assert np.abs(_ours(spec, params) - _hf_logits(model)).max() <= TOL
+  hf.export_hf(str(tmp_path / "ours"), str(tmp_path / "exp"))  # no q/k/v bias: Llama again
+  assert json.load(open(tmp_path / "exp" / "config.json"))["model_type"] == "llama"
+
+
+def test_moe_export_loads_in_qwen2_moe_with_our_logits(tmp_path):
+  """Apollo-MoE's routing (softmax, top-2, no renormalisation); norm_topk=True is the same code
+  path on both sides plus a division, checked through the config it writes."""
+  c = load_config("post_moe")
+  c.model.update(dict(vocab_size=128, d_model=32, num_layers=3, num_heads=4, num_kv_heads=2,
+                      d_ff=48, tie_embeddings=False))
+  c.moe.update(dict(layers="last:2", num_experts=4, top_k=2, d_ff=40, norm_topk=False,
+                    language_routing="hybrid", backend="dense"))
+  spec = cfg_lib.model_spec(c)
+  # A decisive router, so top-k choices are far from ties that float rounding could flip.
+  params = random_params(spec, seed=3, std=0.06, router_std=0.8)
+  run = tmp_path / "run"
+  ck = Checkpointer(str(run / "checkpoints"), async_save=False)
+  ck.save(3, TrainState(jnp.zeros((), jnp.int32), params, {}), {})
+  ck.close()
+  (run / "config.json").write_text(cfg_lib.to_json(c))
+
+  hf.export_hf(str(run), str(tmp_path / "exp"))
+  cfg = json.load(open(tmp_path / "exp" / "config.json"))
+  assert cfg["model_type"] == "qwen2_moe" and cfg["mlp_only_layers"] == [0]
+  assert cfg["norm_topk_prob"] is False and cfg["shared_expert_intermediate_size"] == 0
+  assert cfg["num_experts"] == 4 and cfg["num_experts_per_tok"] == 2
+  model = transformers.Qwen2MoeForCausalLM.from_pretrained(str(tmp_path / "exp"),
+                                                            dtype=torch.float32).eval()
+  ours = _ours(spec, params)
+  assert np.abs(ours).max() > 1.0
+  assert np.abs(_hf_logits(model) - ours).max() <= TOL
+  # And back: the Qwen2-MoE directory imports to exactly our params.
+  hf.import_hf(str(tmp_path / "exp"), str(tmp_path / "back"))
+  _, spec2, p2 = _imported(tmp_path / "back")
+  assert spec2.segments == spec.segments and spec2.moe.norm_topk is False
+  jax.tree.map(np.testing.assert_array_equal, p2, params)
+  normed = cfg_lib.model_spec(load_config("moe_lpr_stage1"))
+  assert hf.hf_config(normed, dtype="float32")["norm_topk_prob"] is True
+
+
+def test_pickles_are_refused(tmp_path, capsys):
+  d = tmp_path / "hf"
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+  (d / "pytorch_model.bin").write_bytes(b"not even opened")
+  with pytest.raises(hf.HFError, match=r"pytorch_model.bin.*pickle"):
+    hf.import_hf(str(d), str(tmp_path / "out"))
+  assert hf.main(["import", "--hf_dir", str(d / "pytorch_model.bin"), "--out", str(tmp_path / "o")]) == 2
+  assert "refusing to load" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
+def test_unexportable_models_are_refused():
+  ct = cfg_lib.model_spec(load_config("moe_ct"))
+  with pytest.raises(hf.HFError, match="appended"):
+    hf.check_exportable(ct)
+  with pytest.raises(hf.HFError, match="hard"):
+    hf.check_exportable(cfg_lib.model_spec(load_config("language_specific")))
+  with pytest.raises(hf.HFError, match="rope_type='llama3'"):
+    hf.model_overrides({"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2,
+                        "num_hidden_layers": 1, "vocab_size": 8, "intermediate_size": 8,
+                        "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}})
