@@ -47,19 +47,19 @@ def mixture_weights(counts: Mapping[str, int], temperature: float = 1.0) -> dict
   return {lang: v / total for lang, v in scaled.items()}
 
 
-def replay_weights(weights: Mapping[str, float], replayed: Sequence[str],
-                   share: float) -> dict[str, float]:
-  """Rescale mixture weights so the `replayed` languages (MoE-LPR stage 2: the original
-  languages) get `share` of the documents together and the others 1 - share; proportions within
-  each group are kept."""
+def replay_weights(langs: Sequence[str], weights: Sequence[float], replayed: Sequence[str],
+                   share: float) -> list[float]:
+  """Rescale mixture weights (one per stream, `langs[i]` its language) so the streams of the
+  `replayed` languages (MoE-LPR stage 2: the original languages) get `share` of the documents
+  together and the others 1 - share; proportions within each group are kept."""
   replayed = set(replayed)
-  w_rep = sum(w for lang, w in weights.items() if lang in replayed)
-  w_new = sum(w for lang, w in weights.items() if lang not in replayed)
+  w_rep = sum(w for lang, w in zip(langs, weights) if lang in replayed)
+  w_new = sum(w for lang, w in zip(langs, weights) if lang not in replayed)
   if not 0.0 <= share < 1.0 or w_rep <= 0 or w_new <= 0:
     raise ValueError(f"replay share {share} needs 0 <= share < 1 and documents in both the "
                      f"replayed languages {sorted(replayed)} and the others")
-  return {lang: (share * w / w_rep if lang in replayed else (1.0 - share) * w / w_new)
-          for lang, w in weights.items()}
+  return [share * w / w_rep if lang in replayed else (1.0 - share) * w / w_new
+          for lang, w in zip(langs, weights)]
 
 
 def _record_langs(source) -> Sequence[str]:
@@ -209,7 +209,7 @@ def make_lm_dataset(
   if repeat:
     weights = mixture_weights({lang: len(idx) for lang, idx in by_lang.items()}, temperature)
     if replay is not None and replay[1] > 0:
-      weights = replay_weights(weights, replay[0], replay[1])
+      weights = dict(zip(weights, replay_weights(list(weights), list(weights.values()), *replay)))
     streams = [
         grain.MapDataset.source(idx).shuffle(seed=_seed_for(seed, lang)).repeat()
         for lang, idx in by_lang.items()
