@@ -39,7 +39,6 @@ def get_config(arg=None):
     c.train.lr = 5e-5
     c.model.dtype = PAPER_TRAINING["dtype"]
     c.model.remat = PAPER_TRAINING["remat"]
-    c.data.sources = ""   # set to your new-language corpora (JSONL)
     c.data.tokenizer = ""  # the base model's tokenizer
     c.train.steps = 20000
     c.train.checkpoint_every = 1000

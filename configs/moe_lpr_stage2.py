@@ -45,7 +45,6 @@ def get_config(arg=None):
     c.train.lr = 5e-5
     c.model.dtype = PAPER_TRAINING["dtype"]
     c.model.remat = PAPER_TRAINING["remat"]
-    c.data.sources = ""
     c.data.tokenizer = ""
     c.train.steps = 2000
     c.train.checkpoint_every = 500

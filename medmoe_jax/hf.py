@@ -398,7 +398,9 @@ def _check_out(out: str) -> None:
 
 
 def _copy_tokenizer(src_dir: str, dst_dir: str) -> str | None:
-  """Copies tokenizer files; returns the tokenizer.json path (validated with `tokenizers`)."""
+  """Copies tokenizer files; returns the tokenizer.json path (validated with `tokenizers`).
+  config.data.tokenizer names the directory, so its tokenizer_config.json (special tokens) is
+  read along with tokenizer.json."""
   found = [f for f in TOKENIZER_FILES if os.path.isfile(os.path.join(src_dir, f))]
   if not found:
     return None
@@ -438,7 +440,7 @@ def import_hf(hf_dir: str, out: str, *, param_dtype: str = "float32", name: str 
   if c.moe.d_ff == c.model.d_ff:
     c.moe.d_ff = 0
   tok = _copy_tokenizer(hf_dir, os.path.join(out, "tokenizer"))
-  c.data.tokenizer = tok or ""
+  c.data.tokenizer = os.path.dirname(tok) if tok else ""
   # Training this config continues from the imported weights (as they are, fresh optimizer).
   c.upcycle.method = "none"
   c.upcycle["from"] = out
@@ -521,10 +523,12 @@ def export_hf(checkpoint: str, out: str, *, dtype: str | None = None,
   with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
     json.dump(cfg, f, indent=2, sort_keys=True)
   tok = str(c.data.tokenizer)
-  if tok.endswith("tokenizer.json") and os.path.isfile(tok):
-    _copy_tokenizer(os.path.dirname(tok), out)
+  tok_dir = tok if os.path.isdir(tok) else os.path.dirname(tok)
+  if tok and os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+    _copy_tokenizer(tok_dir, out)
   else:
-    print(f"note: tokenizer {tok!r} is not a tokenizer.json; none written to {out}", flush=True)
+    print(f"note: tokenizer {tok!r} is not a Hugging Face tokenizer; none written to {out}",
+          flush=True)
   return names
 
 

@@ -73,6 +73,9 @@ def qwen2(tmp_path_factory):
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                  rope_theta=5000.0, tie_word_embeddings=True, rms_norm_eps=1e-6)
   model = _save_hf(transformers.Qwen2ForCausalLM, cfg, root / "hf", seed=0)
+  from tokenizers import Tokenizer, models
+  vocab = {"<unk>": 0, "<|endoftext|>": 1, **{f"w{i}": i + 2 for i in range(100)}}
+  Tokenizer(models.WordLevel(vocab, unk_token="<unk>")).save(str(root / "hf" / "tokenizer.json"))
   hf.import_hf(str(root / "hf"), str(root / "ours"))
   return root, model
 
@@ -82,6 +85,8 @@ def test_qwen2_import_matches_transformers(qwen2):
   c, spec, params = _imported(root / "ours")
   assert spec.tie_embeddings and spec.qkv_bias and spec.rope_theta == 5000.0
   assert spec.segments == (("dense", 2),) and c.upcycle["from"] == str(root / "ours")
+  assert c.data.tokenizer == str(root / "ours" / "tokenizer")  # the model's own vocabulary
+  assert (root / "ours" / "tokenizer" / "tokenizer.json").is_file()
   ref = _hf_logits(model)
   assert np.abs(ref).max() > 1.0
   assert np.abs(_ours(spec, params) - ref).max() <= TOL
@@ -102,6 +107,7 @@ def test_round_trip_import_export_import_is_exact(qwen2):
   assert hf.main(["export", "--checkpoint", str(root / "ours"), "--out", str(root / "exp")]) == 0
   cfg = json.load(open(root / "exp" / "config.json"))
   assert cfg["model_type"] == "qwen2" and cfg["tie_word_embeddings"] is True
+  assert (root / "exp" / "tokenizer.json").is_file()
   again = transformers.AutoModelForCausalLM.from_pretrained(str(root / "exp"), dtype=torch.float32)
   np.testing.assert_array_equal(_hf_logits(again), _hf_logits(model))
   hf.import_hf(str(root / "exp"), str(root / "ours2"))

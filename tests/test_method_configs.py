@@ -88,8 +88,8 @@ def test_method_config_errors():
 def test_replay_share_rescales_the_mixture():
   from medmoe_jax.data.pipeline import mixture_weights, replay_weights
   w = mixture_weights({"sw": 10, "ha": 30, "en": 40, "zh": 20})
-  r = replay_weights(w, ["en", "zh"], 0.1)
+  r = dict(zip(w, replay_weights(list(w), list(w.values()), ["en", "zh"], 0.1)))
   assert abs(r["en"] + r["zh"] - 0.1) < 1e-12 and abs(sum(r.values()) - 1) < 1e-12
   assert abs(r["en"] / r["zh"] - 2.0) < 1e-12 and abs(r["ha"] / r["sw"] - 3.0) < 1e-12
   with pytest.raises(ValueError, match="replay share"):
-    replay_weights(w, ["en", "zh", "sw", "ha"], 0.1)
+    replay_weights(list(w), list(w.values()), ["en", "zh", "sw", "ha"], 0.1)

@@ -88,30 +88,19 @@ def group_weights(groups: Sequence[tuple[str, str, float, int]], temperature: fl
   return [p_lang[lang] * w * n / mass[lang] for lang, _, w, n in groups]
 
 
-def replay_weights(weights: Mapping[str, float], replayed: Sequence[str],
-                   share: float) -> dict[str, float]:
-  """Rescale mixture weights so the `replayed` languages (MoE-LPR stage 2: the original
-  languages) get `share` of the documents together and the others 1 - share; proportions within
-  each group are kept."""
+def replay_weights(langs: Sequence[str], weights: Sequence[float], replayed: Sequence[str],
+                   share: float) -> list[float]:
+  """Rescale mixture weights (one per stream, `langs[i]` its language) so the streams of the
+  `replayed` languages (MoE-LPR stage 2: the original languages) get `share` of the documents
+  together and the others 1 - share; proportions within each group are kept."""
   replayed = set(replayed)
-  w_rep = sum(w for lang, w in weights.items() if lang in replayed)
-  w_new = sum(w for lang, w in weights.items() if lang not in replayed)
+  w_rep = sum(w for lang, w in zip(langs, weights) if lang in replayed)
+  w_new = sum(w for lang, w in zip(langs, weights) if lang not in replayed)
   if not 0.0 <= share < 1.0 or w_rep <= 0 or w_new <= 0:
     raise ValueError(f"replay share {share} needs 0 <= share < 1 and documents in both the "
                      f"replayed languages {sorted(replayed)} and the others")
-  return {lang: (share * w / w_rep if lang in replayed else (1.0 - share) * w / w_new)
-          for lang, w in weights.items()}
-
-
-def _apply_replay(groups, weights: list[float], replay) -> list[float]:
-  """Group weights rescaled so the replayed languages get replay[1] of the mixture together;
-  proportions within a language (its sources) are kept."""
-  per_lang: dict[str, float] = {}
-  for (lang, *_), w in zip(groups, weights):
-    per_lang[lang] = per_lang.get(lang, 0.0) + w
-  new = replay_weights(per_lang, replay[0], replay[1])
-  return [w * new[g[0]] / per_lang[g[0]] if per_lang[g[0]] > 0 else 0.0
-          for g, w in zip(groups, weights)]
+  return [share * w / w_rep if lang in replayed else (1.0 - share) * w / w_new
+          for lang, w in zip(langs, weights)]
 
 
 def _groups(source, languages: Sequence[str], split_desc: str, weighted: bool):
@@ -369,10 +358,12 @@ def make_lm_dataset(
   if repeat:
     weights = group_weights([(l, p, w, len(i)) for l, p, w, i in groups], temperature)
     if replay is not None and replay[1] > 0:
-      weights = _apply_replay(groups, weights, replay)
-    streams = [grain.MapDataset.range(sys.maxsize).map(_Permuted(idx, _seed_for(seed, lang, part)))
-               for lang, part, _, idx in groups]
-    records = grain.MapDataset.mix(streams, weights) if len(streams) > 1 else streams[0]
+      weights = replay_weights([g[0] for g in groups], weights, *replay)
+    streams = [
+        grain.MapDataset.source(idx).shuffle(seed=_seed_for(seed, lang)).repeat()
+        for lang, idx in by_lang.items()
+    ]
+    records = grain.MapDataset.mix(streams, [weights[lang] for lang in by_lang])
   else:
     all_idx = np.sort(np.concatenate([g[3] for g in groups]))
     records = grain.MapDataset.range(len(all_idx)).map(_Permuted(all_idx, seed))
