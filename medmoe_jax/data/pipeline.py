@@ -359,11 +359,9 @@ def make_lm_dataset(
     weights = group_weights([(l, p, w, len(i)) for l, p, w, i in groups], temperature)
     if replay is not None and replay[1] > 0:
       weights = replay_weights([g[0] for g in groups], weights, *replay)
-    streams = [
-        grain.MapDataset.source(idx).shuffle(seed=_seed_for(seed, lang)).repeat()
-        for lang, idx in by_lang.items()
-    ]
-    records = grain.MapDataset.mix(streams, [weights[lang] for lang in by_lang])
+    streams = [grain.MapDataset.range(sys.maxsize).map(_Permuted(idx, _seed_for(seed, lang, part)))
+               for lang, part, _, idx in groups]
+    records = grain.MapDataset.mix(streams, weights) if len(streams) > 1 else streams[0]
   else:
     all_idx = np.sort(np.concatenate([g[3] for g in groups]))
     records = grain.MapDataset.range(len(all_idx)).map(_Permuted(all_idx, seed))
