@@ -47,9 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
       d_ff=0,                   # 0: same as model.d_ff (upcycled experts are full-size copies)
       norm_topk=False,          # Apollo-MoE: no renormalisation of the top-k weights
       language_routing="hybrid",  # "hybrid" (Apollo hybrid-k) | "hard" | "none"
-      router_init_std=0.02, backend="auto",
-      # Hybrid-k sends a whole single-language row to one family expert, so a per-row capacity
-      # below E/k drops tokens; 4.0 drops none at 7 experts top-2 (see issue 3: dropless).
+      router_init_std=0.02,
+      backend="auto",           # "auto" (= dropless) | "dropless" | "capacity" | "dense"
+      grouped_matmul="auto",    # dropless kernel: "auto" | "chunked" (CPU) | "megablox" (TPU) | "ragged_dot"
+      # Capacity backend only. Hybrid-k sends a whole single-language row to one family expert,
+      # so a per-row capacity below E/k drops tokens; 4.0 drops none at 7 experts top-2.
       capacity_factor_train=4.0, capacity_factor_eval=4.0, jitter=0.0,
       lb_loss_weight=0.0, z_loss_weight=0.0, lpr_loss_weight=0.0,
       # MoE-CT: M MoE blocks appended after the last (frozen) base block, fused with the base
@@ -212,8 +214,11 @@ def validate(c, num_devices: int | None = None) -> None:
                  "lower config.moe.top_k or raise config.moe.num_experts")
     if moe.language_routing not in ("hybrid", "hard", "none"):
       raise _err("moe.language_routing", f"{moe.language_routing!r}; use 'hybrid', 'hard' or 'none'")
-    if moe.backend not in ("auto", "dense", "capacity"):
-      raise _err("moe.backend", f"{moe.backend!r}; use 'auto', 'dense' or 'capacity'")
+    if moe.backend not in ("auto", "dropless", "capacity", "dense"):
+      raise _err("moe.backend", f"{moe.backend!r}; use 'auto', 'dropless', 'capacity' or 'dense'")
+    if moe.grouped_matmul not in ("auto", "chunked", "megablox", "ragged_dot"):
+      raise _err("moe.grouped_matmul", f"{moe.grouped_matmul!r}; use 'auto', 'chunked', "
+                 "'megablox' or 'ragged_dot'")
     for key in ("capacity_factor_train", "capacity_factor_eval"):
       if moe[key] <= 0:
         raise _err(f"moe.{key}", f"must be > 0, got {moe[key]}")
@@ -382,6 +387,7 @@ def model_spec(c) -> ModelSpec:
       lang_to_expert=tuple(assignment.lang_to_expert) if moe.language_routing != "none" else (),
       lang_is_original=tuple(int(x in original) for x in lang_list) if original else (),
       router_init_std=moe.router_init_std, backend=moe.backend,
+      grouped_matmul=moe.grouped_matmul,
       capacity_factor_train=moe.capacity_factor_train,
       capacity_factor_eval=moe.capacity_factor_eval, jitter=moe.jitter)
   return ModelSpec(

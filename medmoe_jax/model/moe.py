@@ -8,6 +8,16 @@ back. Backends, chosen by `MoESpec.backend`:
             (first choices before second choices); the rest are dropped (their MoE output is 0,
             the residual carries them). Dispatch is an index gather/scatter, never a
             [tokens, experts, capacity] one-hot tensor, and static shapes suit XLA on all platforms.
+            Groups are sequences, so what is dropped does not depend on how the batch is sharded.
+  dropless  token-slots sorted by expert, one grouped SwiGLU over the sorted rows (`gmm.py`:
+            chunked loop on CPU, megablox on TPU, ragged_dot elsewhere), unsorted and combined.
+            Nothing is dropped.
+  auto      dropless: fastest measured on CPU (BENCHMARKS.md) and drops nothing on any platform;
+            only the grouped-matmul kernel differs per platform (`MoESpec.grouped_matmul`).
+
+Every dispatch function works on the tokens it is given ([G, S, ...]) and, inside shard_map,
+takes `ep` (the expert mesh axis) to exchange tokens with the devices holding the other experts;
+`expert_parallel.py` decides where it runs. Each returns (y, kept_slots, routed_slots).
 """
 from __future__ import annotations
 
@@ -16,25 +26,50 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
-from medmoe_jax.model import routing
+from medmoe_jax.model import expert_parallel, gmm, routing
+from medmoe_jax.model.expert_parallel import ExpertAxis
 from medmoe_jax.model.layers import dtype_of, normal_init
 from medmoe_jax.model.spec import ModelSpec
 
-BACKENDS = ("auto", "dense", "capacity")
+BACKENDS = ("auto", "dense", "capacity", "dropless")
+GROUPED_MATMULS = ("auto",) + gmm.IMPLS
 
 
 def resolve_backend(name: str) -> str:
   if name == "auto":
-    return "capacity"
+    return "dropless"
   if name not in BACKENDS:
     raise ValueError(f"config.moe.backend={name!r}; choose one of {BACKENDS}")
+  return name
+
+
+def resolve_grouped_matmul(name: str, platform: str | None = None) -> str:
+  if name == "auto":
+    return gmm.default_impl(platform or jax.default_backend())
+  if name not in gmm.IMPLS:
+    raise ValueError(f"config.moe.grouped_matmul={name!r}; choose one of {GROUPED_MATMULS}")
   return name
 
 
 def capacity_per_group(tokens_per_group: int, top_k: int, num_experts: int, factor: float) -> int:
   c = math.ceil(factor * tokens_per_group * top_k / num_experts)
   return max(1, min(c, tokens_per_group))
+
+
+def _gather_batch(a, ep: ExpertAxis | None):
+  """All-gather the batch shards of the expert axis: [G, ...] -> [size*G, ...]."""
+  return a if ep is None else lax.all_gather(a, ep.name, axis=0, tiled=True)
+
+
+def _reduce_scatter_batch(y, ep: ExpertAxis | None):
+  """Sum the partial outputs of all expert shards and keep this device's batch shard."""
+  return y if ep is None else lax.psum_scatter(y, ep.name, scatter_dimension=0, tiled=True)
+
+
+def _expert_offset(num_local: int, ep: ExpertAxis | None):
+  return 0 if ep is None else lax.axis_index(ep.name) * num_local
 
 
 def swiglu_experts(xe, wi_gate, wi_up, wo):
@@ -45,24 +80,33 @@ def swiglu_experts(xe, wi_gate, wi_up, wo):
   return jnp.einsum("gecf,efd->gecd", jax.nn.silu(g) * u, wo.astype(dt))
 
 
-def dense_dispatch(x, indices, weights, valid, weights_e):
-  """x: [G, T, D]; indices/weights: [G, T, k]. Every expert on every token."""
+def dense_dispatch(x, indices, weights, valid, weights_e, ep: ExpertAxis | None = None):
+  """x: [G, T, D]; indices/weights: [G, T, k]. Every (local) expert on every token; with expert
+  parallelism each device runs its experts on the whole expert-axis batch (all-gather) and the
+  partial outputs are summed back to their shard (reduce-scatter)."""
   wi_gate, wi_up, wo = weights_e
-  e = wi_gate.shape[0]
+  el = wi_gate.shape[0]
+  routed = jnp.sum(valid) * indices.shape[-1]
+  x, indices, weights, valid = (_gather_batch(a, ep) for a in (x, indices, weights, valid))
   dt = x.dtype
   g = jnp.einsum("gtd,edf->gtef", x, wi_gate.astype(dt))
   u = jnp.einsum("gtd,edf->gtef", x, wi_up.astype(dt))
   ye = jnp.einsum("gtef,efd->gted", jax.nn.silu(g) * u, wo.astype(dt))
-  combine = jnp.sum(jax.nn.one_hot(indices, e, dtype=jnp.float32) * weights[..., None], axis=-2)
+  local = indices - _expert_offset(el, ep)  # out-of-range ids one-hot to zeros
+  combine = jnp.sum(jax.nn.one_hot(local, el, dtype=jnp.float32) * weights[..., None], axis=-2)
   combine = combine * valid[..., None]
   y = jnp.einsum("gted,gte->gtd", ye.astype(jnp.float32), combine)
-  return y.astype(dt), jnp.zeros((), jnp.float32)
+  return _reduce_scatter_batch(y, ep).astype(dt), routed, routed
 
 
-def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int):
-  """Gather/scatter dispatch with a per-group capacity. Returns (y [G,T,D], dropped_fraction)."""
+def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int,
+                      ep: ExpertAxis | None = None):
+  """Gather/scatter dispatch with a per-group capacity. With expert parallelism the
+  [G, E, C, D] buffer goes to the experts' devices and back by all-to-all (GShard)."""
   wi_gate, wi_up, wo = weights_e
-  e = wi_gate.shape[0]
+  el = wi_gate.shape[0]
+  p = 1 if ep is None else ep.size
+  e = el * p
   g_, t, d = x.shape
   k = indices.shape[-1]
   c = capacity
@@ -80,14 +124,47 @@ def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int):
       jnp.broadcast_to(token_of_slot, (g_, k * t)))[:, : e * c]
   x_pad = jnp.concatenate([x, jnp.zeros((g_, 1, d), x.dtype)], axis=1)
   xe = jnp.take_along_axis(x_pad, buf_token[..., None], axis=1).reshape(g_, e, c, d)
-  ye = swiglu_experts(xe, wi_gate, wi_up, wo).reshape(g_, e * c, d)
-  ye = jnp.concatenate([ye, jnp.zeros((g_, 1, d), ye.dtype)], axis=1)
+  if ep is None:
+    ye = swiglu_experts(xe, wi_gate, wi_up, wo)
+  else:
+    # [G, P, El, C, D] -> [P(dest), G, El, C, D]; all-to-all: dim 0 becomes the source device.
+    xe = jnp.swapaxes(xe.reshape(g_, p, el, c, d), 0, 1)
+    xe = lax.all_to_all(xe, ep.name, 0, 0, tiled=True)
+    ye = swiglu_experts(xe.reshape(p * g_, el, c, d), wi_gate, wi_up, wo)
+    ye = lax.all_to_all(ye.reshape(p, g_, el, c, d), ep.name, 0, 0, tiled=True)
+    ye = jnp.swapaxes(ye, 0, 1).reshape(g_, e, c, d)
+  ye = jnp.concatenate([ye.reshape(g_, e * c, d), jnp.zeros((g_, 1, d), ye.dtype)], axis=1)
   y_slot = jnp.take_along_axis(ye, buf[..., None], axis=1)                  # [G, kT, D]
   w = jnp.swapaxes(weights, 1, 2).reshape(g_, k * t) * keep
   y = jnp.sum((y_slot.astype(jnp.float32) * w[..., None]).reshape(g_, k, t, d), axis=1)
-  n_valid = jnp.maximum(jnp.sum(slot_valid), 1)
-  dropped = 1.0 - jnp.sum(keep) / n_valid
-  return y.astype(x.dtype), dropped.astype(jnp.float32)
+  return y.astype(x.dtype), jnp.sum(keep), jnp.sum(slot_valid)
+
+
+def dropless_dispatch(x, indices, weights, valid, weights_e, impl: str,
+                      ep: ExpertAxis | None = None):
+  """Sort token-slots by expert, grouped SwiGLU, unsort, combine; nothing is dropped. With
+  expert parallelism each device sorts the expert-axis batch (all-gather) for its own experts
+  and the partial outputs are summed back to their shard (reduce-scatter): static shapes with
+  no worst-case all-to-all buffer (XLA:CPU has no ragged all-to-all)."""
+  wi_gate, wi_up, wo = weights_e
+  el = wi_gate.shape[0]
+  k = indices.shape[-1]
+  routed = jnp.sum(valid) * k
+  x, indices, weights, valid = (_gather_batch(a, ep) for a in (x, indices, weights, valid))
+  g_, t, d = x.shape
+  n = g_ * t * k
+  local = indices - _expert_offset(el, ep)
+  ok = (valid[..., None] & (local >= 0) & (local < el)).reshape(n)           # slot = token*k + j
+  layout = gmm.sorted_layout(jnp.where(ok, local.reshape(n), -1), el, gmm.align_for(impl),
+                             gmm.row_multiple_for(impl))
+  token_of_row = jnp.where(layout.slot_of_row < n, layout.slot_of_row // k, g_ * t)
+  x_flat = jnp.concatenate([x.reshape(g_ * t, d), jnp.zeros((1, d), x.dtype)])
+  yb = gmm.grouped_swiglu(x_flat[token_of_row], layout, wi_gate, wi_up, wo, impl)  # [M, D]
+  yb = jnp.concatenate([yb, jnp.zeros((1, d), yb.dtype)])
+  y_slot = yb[layout.rows].astype(jnp.float32)                                     # [N, D]
+  w = jnp.where(ok, weights.reshape(n), 0.0)
+  y = jnp.sum((y_slot * w[:, None]).reshape(g_, t, k, d), axis=2)
+  return _reduce_scatter_batch(y, ep).astype(x.dtype), routed, routed
 
 
 class MoEFeedForward(nnx.Module):
@@ -124,13 +201,8 @@ class MoEFeedForward(nnx.Module):
     indices = r.indices.reshape(b, s, k)
     weights = r.weights.reshape(b, s, k)
     experts = (self.wi_gate.value, self.wi_up.value, self.wo.value)
-    backend = resolve_backend(m.backend)
-    if backend == "dense":
-      y, dropped = dense_dispatch(x, indices, weights, valid, experts)
-    else:
-      cf = m.capacity_factor_train if train else m.capacity_factor_eval
-      cap = capacity_per_group(s, k, m.num_experts, cf)
-      y, dropped = capacity_dispatch(x, indices, weights, valid, experts, cap)
+    y, dropped = expert_parallel.dispatch(
+        make_dispatch(m, s, k, train), x, indices, weights, valid, experts)
 
     aux = {
         "lb_loss": routing.load_balance_loss(r.probs, r.indices, flat_valid),
@@ -140,7 +212,7 @@ class MoEFeedForward(nnx.Module):
     if m.lang_is_original:
       orig = jnp.asarray(m.lang_is_original, jnp.float32)
       is_orig = jnp.where(flat_lang >= 0, orig[jnp.maximum(flat_lang, 0)], 0.0) * flat_valid
-      aux["lpr_loss"] = routing.lpr_loss(r.probs, is_orig)
+      aux["lpr_loss"] = routing.lpr_loss(flat_logits, is_orig)
     num_langs = len(m.lang_to_expert)
     aux.update(routing.router_stats(r.probs, r.indices, flat_valid, forced, num_langs, flat_lang))
     return y, aux
@@ -159,3 +231,16 @@ class MoEFeedForward(nnx.Module):
       forced = jnp.where(flat_lang >= 0, table[jnp.maximum(flat_lang, 0)], -1)
     return routing.route(logits.reshape(-1, m.num_experts), top_k=m.top_k, norm_topk=m.norm_topk,
                          mode=m.language_routing, forced=forced, train=False)
+
+
+def make_dispatch(m, seq_len: int, k: int, train: bool):
+  """The dispatch function of MoESpec `m`: f(x, indices, weights, valid, experts, ep)."""
+  backend = resolve_backend(m.backend)
+  if backend == "dense":
+    return dense_dispatch
+  if backend == "capacity":
+    cf = m.capacity_factor_train if train else m.capacity_factor_eval
+    cap = capacity_per_group(seq_len, k, m.num_experts, cf)
+    return lambda *a, ep=None: capacity_dispatch(*a, cap, ep=ep)
+  impl = resolve_grouped_matmul(m.grouped_matmul)
+  return lambda *a, ep=None: dropless_dispatch(*a, impl, ep=ep)

@@ -84,7 +84,11 @@ def _masked_mean(values, mask):
 
 def load_balance_loss(probs, indices, mask):
   """Switch load balancing: E * sum_e f_e * P_e, f_e = fraction of routed slots to e,
-  P_e = mean router probability of e, both over valid tokens (mask [T])."""
+  P_e = mean router probability of e, both over valid tokens (mask [T]). f_e counts the k slots
+  of a token once each and divides by k, so a perfectly balanced router scores 1 for every k
+  (HF's `load_balancing_loss_func` does not divide by k: its value is k times this one, so a
+  weight tuned with HF's function is k times larger here). f_e is a count, so the gradient
+  flows through P_e only."""
   e = probs.shape[-1]
   m = mask.astype(jnp.float32)
   n = jnp.maximum(jnp.sum(m), 1.0)
@@ -100,10 +104,12 @@ def z_loss(logits, mask):
   return _masked_mean(lse * lse, mask)
 
 
-def lpr_loss(probs, original_mask):
+def lpr_loss(logits, original_mask):
   """MoE-LPR language-priors loss: -log p_router(expert 0), averaged over tokens of original
-  languages (original_mask [T]); other tokens contribute nothing. Softmax applied once."""
-  nll = -jnp.log(jnp.maximum(probs[:, 0], 1e-9))
+  languages (original_mask [T]); other tokens contribute nothing. One log-softmax of the raw
+  router logits (MoE-LPR's code applies softmax twice); computed from logits, not by log of a
+  clipped probability, so the gradient stays exact even when p(expert 0) is tiny."""
+  nll = -jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, 0]
   return _masked_mean(nll, original_mask)
 
 

@@ -28,9 +28,12 @@ class MoESpec:
   # lang_id -> 1 if the language is "original" (MoE-LPR: routed to the frozen expert 0).
   lang_is_original: tuple[int, ...] = ()
   router_init_std: float = 0.02
-  # Dispatch backend: "capacity" (static shapes, drops over capacity), "dense" (every expert on
-  # every token; exact reference), "auto" (platform default).
+  # Dispatch backend: "dropless" (sort by expert + grouped matmul), "capacity" (static shapes,
+  # drops over capacity), "dense" (every expert on every token; exact reference), "auto"
+  # (dropless; see BENCHMARKS.md).
   backend: str = "auto"
+  # Dropless grouped matmul: "chunked" (CPU), "megablox" (TPU), "ragged_dot", "auto" (per platform).
+  grouped_matmul: str = "auto"
   capacity_factor_train: float = 2.0
   capacity_factor_eval: float = 4.0
   jitter: float = 0.0

@@ -1,0 +1,86 @@
+"""Where MoE dispatch runs: on the local tokens of each device, inside shard_map.
+
+The model reads the mesh only from the tracing context (`jax.set_mesh(mesh)`, entered by the
+trainer around its jitted step); it never sees config or files. With a mesh of more than one
+device the dispatch runs per device in `jax.shard_map`:
+  - the batch is split over the batch axes (data, fsdp, expert), so each device sorts / buckets
+    only its own tokens (a global sort under the automatic partitioner would gather the batch);
+  - expert weights are split over `expert` (and their FFN width over `tensor`); fsdp-sharded
+    weights are all-gathered on entry by shard_map's input specs and their gradients
+    reduce-scattered back by its transpose;
+  - the dispatch function exchanges tokens over the `expert` axis (all-to-all for capacity,
+    all-gather + reduce-scatter for dense and dropless), and partial sums over `tensor` are
+    added with a psum.
+Router math (losses, statistics) stays outside, on the whole batch, so it is identical on every
+mesh. Without a mesh (or on one device) the dispatch runs as plain code.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+# Mesh axis names; they mirror medmoe_jax.sharding (tested), which the model may not import.
+BATCH_AXES = ("data", "fsdp", "expert")
+EXPERT_AXIS = "expert"
+TENSOR_AXIS = "tensor"
+
+
+class ExpertAxis(NamedTuple):
+  """The mesh axis that shards the experts, as seen inside shard_map."""
+  name: str
+  size: int
+
+
+def current_mesh():
+  """The abstract mesh of the tracing context, or None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty else mesh
+
+
+def dispatch(fn, x, indices, weights, valid, experts):
+  """fn(x, indices, weights, valid, experts, ep=) -> (y, kept, routed) on local tokens.
+  x: [B, S, D]; indices, weights: [B, S, k]; valid: [B, S]; experts: (wi_gate [E, D, F],
+  wi_up [E, D, F], wo [E, F, D]). Returns (y [B, S, D], dropped_fraction float32)."""
+  mesh = current_mesh()
+  sizes = dict(mesh.shape) if mesh is not None else {}
+  batch = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
+  ex = EXPERT_AXIS if sizes.get(EXPERT_AXIS, 1) > 1 else None
+  tp = TENSOR_AXIS if sizes.get(TENSOR_AXIS, 1) > 1 else None
+  num_experts, d_ff = experts[0].shape[0], experts[0].shape[-1]
+  if ex and num_experts % sizes[ex]:
+    raise ValueError(f"{num_experts} experts cannot be split over the mesh axis "
+                     f"{ex}={sizes[ex]}; use a divisor of {num_experts} (config.mesh.expert)")
+  even = (x.shape[0] % math.prod(sizes[a] for a in batch) == 0
+          and (tp is None or d_ff % sizes[tp] == 0))
+  if not (batch or tp) or not even:
+    # No mesh, one device, or shapes that do not split evenly (e.g. an eval batch smaller than
+    # the data axes): plain code, partitioned by XLA.
+    y, kept, routed = fn(x, indices, weights, valid, experts, ep=None)
+    return y, _dropped(kept, routed)
+
+  bspec = P(batch) if batch else P()
+  wspec_in, wspec_out = P(ex, None, tp), P(ex, tp, None)
+  ep = ExpertAxis(ex, sizes[ex]) if ex else None
+
+  def local(x, indices, weights, valid, experts):
+    y, kept, routed = fn(x, indices, weights, valid, experts, ep=ep)
+    if tp:
+      y = lax.psum(y, tp)  # each tensor shard holds a slice of d_ff: partial sums
+    if batch:
+      kept, routed = lax.psum(kept, batch), lax.psum(routed, batch)
+    return y, kept, routed
+
+  y, kept, routed = jax.shard_map(
+      local, mesh=mesh,
+      in_specs=(bspec, bspec, bspec, bspec, (wspec_in, wspec_in, wspec_out)),
+      out_specs=(bspec, P(), P()))(x, indices, weights, valid, tuple(experts))
+  return y, _dropped(kept, routed)
+
+
+def _dropped(kept, routed):
+  return (1.0 - kept / jnp.maximum(routed, 1)).astype(jnp.float32)

@@ -1,0 +1,266 @@
+"""Grouped SwiGLU for dropless MoE: rows sorted by expert, each group through its own expert.
+
+`sorted_layout` sorts token-slots by expert into a row buffer where group e occupies rows
+[starts[e], starts[e] + sizes[e]) (sizes rounded up to `align`; the rounding rows are zero).
+`grouped_swiglu` runs down(silu(x Wg_e) * (x Wu_e)) on every group with one of:
+
+  ragged_dot  `jax.lax.ragged_dot` (portable). XLA on CPU lowers it to a dense matmul per group
+              over ALL rows, masked, so its cost grows linearly with the expert count.
+  megablox    the Pallas TPU grouped matmul (jax.experimental.pallas.ops.tpu.megablox), with its
+              own custom VJP (gmm / tgmm). Off TPU it only runs in Pallas interpret mode (tests).
+  chunked     for CPU: each group is cut into power-of-two chunks (512, 256, ..., 8 rows, at most
+              3 of each size below the largest), and each chunk is one ordinary matmul inside a
+              `lax.while_loop` whose trip count is the number of chunks actually present. Work is
+              sum_e round_up(n_e, 8) rows, independent of the expert count, and each matmul is as
+              large as the group allows. Loops are not differentiable, so the VJP is written out:
+              the backward pass walks the same chunks and accumulates weight gradients in place.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("chunked", "ragged_dot", "megablox")
+CHUNK_SIZES = (512, 256, 128, 64, 32, 16, 8)  # powers of two: binary decomposition of a group
+
+
+def megablox_available() -> bool:
+  try:
+    from jax.experimental.pallas.ops.tpu.megablox import ops  # noqa: F401
+  except Exception:  # pragma: no cover - depends on the jax build
+    return False
+  return True
+
+
+def default_impl(platform: str) -> str:
+  """What `auto` means per platform (see BENCHMARKS.md): CPU -> chunked (measured fastest);
+  TPU -> megablox (the purpose-built kernel); GPU -> ragged_dot (not measured here)."""
+  if platform == "cpu":
+    return "chunked"
+  if platform == "tpu" and megablox_available():
+    return "megablox"
+  return "ragged_dot"
+
+
+def align_for(impl: str) -> int:
+  """Group alignment each implementation needs (chunked: its smallest chunk)."""
+  return CHUNK_SIZES[-1] if impl == "chunked" else 1
+
+
+def row_multiple_for(impl: str) -> int:
+  """Buffer rows must be a multiple of megablox's row tile."""
+  return 128 if impl == "megablox" else 1
+
+
+class Layout(NamedTuple):
+  rows: jax.Array         # [N] buffer row of each slot; num_rows (one past the end) if unrouted
+  slot_of_row: jax.Array  # [M] slot held by each buffer row; N if the row is empty
+  starts: jax.Array       # [E] first row of each group (int32)
+  sizes: jax.Array        # [E] rows of each group, rounded up to the alignment (int32)
+  num_rows: int           # M, static
+  align: int              # group sizes are multiples of this
+
+
+def _round_up(x, m):
+  return (x + m - 1) // m * m
+
+
+def sorted_layout(expert, num_experts: int, align: int = 1, row_multiple: int = 1) -> Layout:
+  """expert: [N] int32 group of each slot; values outside [0, num_experts) are not routed.
+
+  Stable sort by expert, so a group's rows keep slot order. The buffer size is the static bound
+  N + E*(align-1) (rounded up to row_multiple); sort cost is O(N log N), not O(N E)."""
+  n = expert.shape[0]
+  e = num_experts
+  routed = (expert >= 0) & (expert < e)
+  key = jnp.where(routed, expert, e).astype(jnp.int32)
+  counts = jnp.zeros((e + 1,), jnp.int32).at[key].add(1)
+  sizes = _round_up(counts[:e], align)
+  starts = jnp.cumsum(sizes) - sizes
+  num_rows = _round_up(n + e * (align - 1), max(align, row_multiple))
+  order = jnp.argsort(key, stable=True)                      # sorted position -> slot
+  skey = key[order]
+  first = jnp.cumsum(counts) - counts                        # first sorted position per key
+  rank = jnp.arange(n, dtype=jnp.int32) - first[skey]
+  starts_ext = jnp.concatenate([starts, jnp.asarray([num_rows], jnp.int32)])
+  row_sorted = jnp.where(skey < e, starts_ext[skey] + rank, num_rows)
+  rows = jnp.zeros((n,), jnp.int32).at[order].set(row_sorted.astype(jnp.int32))
+  slot_of_row = jnp.full((num_rows + 1,), n, jnp.int32).at[rows].set(
+      jnp.arange(n, dtype=jnp.int32))[:num_rows]
+  return Layout(rows, slot_of_row, starts.astype(jnp.int32), sizes.astype(jnp.int32), num_rows,
+                align)
+
+
+def grouped_swiglu(xb, layout: Layout, wi_gate, wi_up, wo, impl: str):
+  """xb: [M, D] rows in `layout` order (rows outside groups are zero) -> [M, D]; rows outside
+  every group come back zero. Weights: [E, D, F], [E, D, F], [E, F, D]."""
+  dt = xb.dtype
+  wg, wu, wd = wi_gate.astype(dt), wi_up.astype(dt), wo.astype(dt)
+  if impl == "chunked":
+    if layout.align % CHUNK_SIZES[-1]:
+      raise ValueError(f"chunked grouped matmul needs groups aligned to {CHUNK_SIZES[-1]} rows, "
+                       f"got align={layout.align}; build the layout with align_for('chunked')")
+    return chunked_swiglu(xb, wg, wu, wd, layout.starts, layout.sizes)
+  if impl == "ragged_dot":
+    gs = layout.sizes
+    g = lax.ragged_dot(xb, wg, gs)
+    u = lax.ragged_dot(xb, wu, gs)
+    return lax.ragged_dot(jax.nn.silu(g) * u, wd, gs).astype(dt)
+  if impl == "megablox":
+    return _megablox_swiglu(xb, wg, wu, wd, layout.sizes)
+  raise ValueError(f"grouped matmul {impl!r}; choose one of {IMPLS}")
+
+
+def _megablox_swiglu(xb, wg, wu, wd, sizes):
+  from jax.experimental.pallas.ops.tpu.megablox import ops
+  m, d = xb.shape
+  f = wg.shape[-1]
+  interpret = jax.default_backend() != "tpu"  # off TPU: Pallas interpreter (tests only)
+
+  def tile(n):
+    return next((t for t in (512, 256, 128) if n % t == 0), n)
+
+  # Rows past the last group are not written by the kernel; zero them so nothing downstream
+  # (including the backward pass) ever reads uninitialised memory.
+  inside = (jnp.arange(m) < jnp.sum(sizes))[:, None]
+  tm = 128 if m % 128 == 0 else m
+
+  def gmm(lhs, rhs, tiling):
+    # Positional: ops.gmm is a custom_vjp with non-differentiable arguments 3, 4, 7, 8.
+    return ops.gmm(lhs, rhs, sizes, xb.dtype, tiling, None, None, False, interpret)
+
+  g = jnp.where(inside, gmm(xb, wg, (tm, tile(d), tile(f))), 0)
+  u = jnp.where(inside, gmm(xb, wu, (tm, tile(d), tile(f))), 0)
+  h = jax.nn.silu(g) * u
+  return jnp.where(inside, gmm(h, wd, (tm, tile(f), tile(d))), 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# chunked: the CPU grouped matmul.
+
+
+def _chunk_plan(starts, sizes, num_rows: int):
+  """Per chunk size s (largest first): (s, rows [n_max], experts [n_max], count). Group e of
+  aligned length L_e gets L_e // s0 chunks of the largest size s0, then the remainder is cut
+  greedily into the smaller sizes (fewer than s_prev / s of each)."""
+  e = sizes.shape[0]
+  plan = []
+  rest, offset = sizes, jnp.zeros_like(sizes)
+  usable = [s for s in CHUNK_SIZES if s <= num_rows] or [CHUNK_SIZES[-1]]
+  for level, s in enumerate(usable):
+    count = rest // s
+    rest = rest - count * s
+    n_max = num_rows // s if level == 0 else min(e * (usable[level - 1] // s - 1), num_rows // s)
+    if n_max == 0:
+      continue
+    cum = jnp.cumsum(count)
+    i = jnp.arange(n_max, dtype=jnp.int32)
+    expert = jnp.minimum(jnp.searchsorted(cum, i, side="right"), e - 1).astype(jnp.int32)
+    rows = starts[expert] + offset[expert] + (i - (cum[expert] - count[expert])) * s
+    plan.append((s, rows.astype(jnp.int32), expert, cum[-1]))
+    offset = offset + count * s
+  return plan
+
+
+def _varying_like(tree, *refs):
+  """Mark a loop's initial carry as varying over the mesh axes its inputs vary over (inside
+  shard_map the carry type must not change across iterations); a no-op outside shard_map."""
+  axes = set().union(*(_vma(r) for r in refs))
+
+  def cast(a):
+    missing = tuple(sorted(axes - _vma(a)))
+    return lax.pcast(a, missing, to="varying") if missing else a
+
+  return jax.tree.map(cast, tree)
+
+
+def _sum_to_type_of(ct, primal):
+  """A cotangent must vary over exactly the mesh axes its primal varies over: sum the
+  contributions of the other axes (what shard_map's own autodiff does for replicated inputs)."""
+  extra = tuple(sorted(_vma(ct) - _vma(primal)))
+  return lax.psum(ct, extra) if extra else ct
+
+
+def _vma(a) -> set:
+  t = jax.typeof(a)
+  mat = getattr(t, "manual_axis_type", None)
+  return set(getattr(mat, "varying", None) or getattr(t, "vma", None) or ())
+
+
+def _walk(plan, carry, body_for):
+  for s, rows, experts, n in plan:
+    body = body_for(s)
+    carry = lax.fori_loop(0, n, lambda i, c, body=body, rows=rows, experts=experts:
+                          body(c, experts[i], rows[i]), carry)
+  return carry
+
+
+def _chunked_fwd_impl(x, wg, wu, wd, starts, sizes):
+  m, d = x.shape
+  f = wg.shape[-1]
+
+  def body_for(s):
+    def body(carry, e, row):
+      y, g_all, u_all = carry
+      xb = lax.dynamic_slice_in_dim(x, row, s)
+      g = xb @ wg[e]
+      u = xb @ wu[e]
+      yb = (jax.nn.silu(g) * u) @ wd[e]
+      return (lax.dynamic_update_slice_in_dim(y, yb.astype(y.dtype), row, 0),
+              lax.dynamic_update_slice_in_dim(g_all, g, row, 0),
+              lax.dynamic_update_slice_in_dim(u_all, u, row, 0))
+    return body
+
+  init = (jnp.zeros((m, d), x.dtype), jnp.zeros((m, f), x.dtype), jnp.zeros((m, f), x.dtype))
+  init = _varying_like(init, x, wg, wu, wd, starts, sizes)
+  return _walk(_chunk_plan(starts, sizes, m), init, body_for)
+
+
+@jax.custom_vjp
+def chunked_swiglu(x, wg, wu, wd, starts, sizes):
+  """x: [M, D] sorted rows; wg, wu: [E, D, F]; wd: [E, F, D]; starts, sizes: [E] int32 with
+  sizes multiples of 8 and groups inside [0, M). Returns [M, D], zero outside the groups."""
+  return _chunked_fwd_impl(x, wg, wu, wd, starts, sizes)[0]
+
+
+def _chunked_vjp_fwd(x, wg, wu, wd, starts, sizes):
+  y, g, u = _chunked_fwd_impl(x, wg, wu, wd, starts, sizes)
+  # Keep the gate/up activations (as autodiff of a dense FFN would) instead of recomputing.
+  return y, (x, wg, wu, wd, starts, sizes, g, u)
+
+
+def _chunked_vjp_bwd(res, dy):
+  x, wg, wu, wd, starts, sizes, g_all, u_all = res
+  acc = jnp.float32  # weight gradients accumulate over chunks: keep them in float32
+
+  def body_for(s):
+    def body(carry, e, row):
+      dx, dwg, dwu, dwd = carry
+      xb = lax.dynamic_slice_in_dim(x, row, s)
+      g = lax.dynamic_slice_in_dim(g_all, row, s)
+      u = lax.dynamic_slice_in_dim(u_all, row, s)
+      dyb = lax.dynamic_slice_in_dim(dy, row, s).astype(x.dtype)
+      sig = jax.nn.sigmoid(g)
+      silu = g * sig
+      dh = dyb @ wd[e].T
+      dg = dh * u * (sig * (1 + g * (1 - sig)))
+      du = dh * silu
+      dxb = dg @ wg[e].T + du @ wu[e].T
+      dwd = dwd.at[e].add(((silu * u).T @ dyb).astype(acc))
+      dwg = dwg.at[e].add((xb.T @ dg).astype(acc))
+      dwu = dwu.at[e].add((xb.T @ du).astype(acc))
+      return lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0), dwg, dwu, dwd
+    return body
+
+  init = (jnp.zeros_like(x), jnp.zeros(wg.shape, acc), jnp.zeros(wu.shape, acc),
+          jnp.zeros(wd.shape, acc))
+  init = _varying_like(init, x, wg, wu, wd, starts, sizes, dy)
+  dx, dwg, dwu, dwd = _walk(_chunk_plan(starts, sizes, x.shape[0]), init, body_for)
+  grads = (dx, dwg.astype(wg.dtype), dwu.astype(wu.dtype), dwd.astype(wd.dtype))
+  return tuple(_sum_to_type_of(g, p) for g, p in zip(grads, (x, wg, wu, wd))) + (None, None)
+
+
+chunked_swiglu.defvjp(_chunked_vjp_fwd, _chunked_vjp_bwd)

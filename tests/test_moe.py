@@ -1,0 +1,286 @@
+"""MoE dispatch: layouts and kernels by value, every backend equal to the dense reference when
+nothing is dropped, capacity drops by value, and every mesh equal to one device (outputs, losses,
+gradients) for each backend, with and without hybrid-k forcing."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from medmoe_jax import config as cfg_lib
+from medmoe_jax import sharding
+from medmoe_jax.model import expert_parallel, gmm, moe
+from medmoe_jax.model.moe import MoEFeedForward
+from medmoe_jax.model.spec import ModelSpec, MoESpec
+
+D, F, E, B, S = 32, 48, 8, 8, 16
+# These tests compare values, not speed: skip LLVM's optimisation passes (a third of compile time).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(f, **kw):
+  return jax.jit(f, compiler_options=FAST_COMPILE, **kw)
+
+
+def _ffn(x, wg, wu, wo):
+  return (jax.nn.silu(x @ wg) * (x @ wu)) @ wo
+
+
+# ---------------------------------------------------------------------------- layout, kernels
+
+
+def test_sorted_layout_values():
+  # slots -> experts; -1 and 3 (== num_experts) are not routed.
+  expert = jnp.asarray([2, 0, 2, -1, 0, 2, 3], jnp.int32)
+  layout = _jit(gmm.sorted_layout, static_argnums=(1, 2))
+  lay = layout(expert, 3, 1)
+  np.testing.assert_array_equal(lay.sizes, [2, 0, 3])
+  np.testing.assert_array_equal(lay.starts, [0, 2, 2])
+  assert lay.num_rows == 7
+  # Stable: expert 0 keeps slot order (1, 4), expert 2 too (0, 2, 5); unrouted -> row 7 (none).
+  np.testing.assert_array_equal(lay.rows, [2, 0, 3, 7, 1, 4, 7])
+  np.testing.assert_array_equal(lay.slot_of_row, [1, 4, 0, 2, 5, 7, 7])
+  # Aligned to 8: each group is rounded up; the buffer bound is N + E*(align-1).
+  lay8 = layout(expert, 3, 8)
+  np.testing.assert_array_equal(lay8.sizes, [8, 0, 8])
+  np.testing.assert_array_equal(lay8.starts, [0, 8, 8])
+  assert lay8.num_rows == 7 + 3 * 7 + 4  # rounded up to a multiple of 8
+  np.testing.assert_array_equal(lay8.rows, [8, 0, 9, 32, 1, 10, 32])
+
+
+def _grouped_case(sizes, d=8, f=16, seed=0):
+  """Rows sorted by group, aligned to 8, zero rows between groups; a per-row reference."""
+  r = np.random.RandomState(seed)
+  e = len(sizes)
+  padded = [(n + 7) // 8 * 8 for n in sizes]
+  starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int32)
+  m = int(sum(padded)) + 8
+  x = np.zeros((m, d), np.float32)
+  group = np.full(m, -1)
+  for i, n in enumerate(sizes):
+    x[starts[i]:starts[i] + n] = r.randn(n, d)
+    group[starts[i]:starts[i] + n] = i
+  w = [jnp.asarray(r.randn(*s) * 0.3, jnp.float32) for s in ((e, d, f), (e, d, f), (e, f, d))]
+  layout = gmm.Layout(None, None, jnp.asarray(starts), jnp.asarray(padded, jnp.int32), m, 8)
+  ct = jnp.asarray(r.randn(m, d), jnp.float32)
+
+  def reference(x, wg, wu, wo):
+    ys = jnp.stack([_ffn(x, wg[i], wu[i], wo[i]) for i in range(e)])        # [E, M, D]
+    return jnp.einsum("emd,me->md", ys, jax.nn.one_hot(group, e))
+  return jnp.asarray(x), w, layout, ct, reference
+
+
+@pytest.mark.parametrize("impl", ["chunked", "ragged_dot"])
+def test_grouped_swiglu_matches_per_row_reference(impl):
+  # Group sizes reach every chunk size (512 + 128 + 3*32 + 8 + ...), an empty group, tiny ones.
+  x, w, layout, ct, reference = _grouped_case([3, 0, 744, 40, 17])
+
+  def losses(x, *w):
+    return (jnp.sum(gmm.grouped_swiglu(x, layout, *w, impl) * ct), jnp.sum(reference(x, *w) * ct))
+
+  @_jit
+  def run(x, *w):
+    grads = [jax.grad(lambda *a, i=i: losses(*a)[i], argnums=(0, 1, 2, 3))(x, *w) for i in (0, 1)]
+    return gmm.grouped_swiglu(x, layout, *w, impl), reference(x, *w), grads
+
+  y, y_ref, (got, want) = run(x, *w)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  assert float(jnp.max(jnp.abs(y[-8:]))) == 0.0   # rows outside every group stay zero
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_chunked_needs_aligned_groups():
+  x, w, layout, _, _ = _grouped_case([3, 5])
+  with pytest.raises(ValueError, match="align"):
+    gmm.grouped_swiglu(x, layout._replace(align=1), *w, "chunked")
+
+
+@pytest.mark.skipif(jax.default_backend() != "tpu", reason="megablox is a TPU kernel (off TPU it "
+                    "only runs in the Pallas interpreter, minutes per case)")
+def test_megablox_matches_ragged_dot():  # pragma: no cover - TPU only
+  r = np.random.RandomState(0)
+  x = jnp.asarray(r.randn(256, 128), jnp.float32)
+  w = [jnp.asarray(r.randn(3, 128, 128) * 0.1, jnp.float32) for _ in range(3)]
+  layout = gmm.Layout(None, None, jnp.asarray([0, 100, 100], jnp.int32),
+                      jnp.asarray([100, 0, 156], jnp.int32), 256, 1)
+
+  def loss(impl):
+    return lambda x, *w: jnp.sum(jnp.sin(gmm.grouped_swiglu(x, layout, *w, impl)))
+
+  for g, r_ in zip(jax.grad(loss("megablox"), argnums=(0, 1, 2, 3))(x, *w),
+                   jax.grad(loss("ragged_dot"), argnums=(0, 1, 2, 3))(x, *w)):
+    np.testing.assert_allclose(g, r_, rtol=2e-2, atol=2e-2)  # TPU matmuls: bf16 passes
+
+
+def test_auto_choices():
+  assert moe.resolve_backend("auto") == "dropless"
+  assert moe.resolve_grouped_matmul("auto", "cpu") == "chunked"
+  assert moe.resolve_grouped_matmul("auto", "gpu") == "ragged_dot"
+  assert moe.resolve_grouped_matmul("auto", "tpu") in ("megablox", "ragged_dot")
+  with pytest.raises(ValueError, match="config.moe.backend"):
+    moe.resolve_backend("sparse")
+
+
+def test_capacity_drops_by_value():
+  """G=1, T=4, k=1, E=2, C=1: tokens 0 and 2 keep their slot, 1 and 3 overflow expert 0."""
+  r = np.random.RandomState(0)
+  x = jnp.asarray(r.randn(1, 4, D), jnp.float32)
+  w = [jnp.asarray(r.randn(*s) * 0.3, jnp.float32) for s in ((2, D, F), (2, D, F), (2, F, D))]
+  idx = jnp.asarray([[[0], [0], [1], [0]]], jnp.int32)
+  wt = jnp.asarray([[[0.5], [0.6], [0.7], [0.8]]], jnp.float32)
+  valid = jnp.asarray([[True, True, True, True]])
+  dispatch = _jit(lambda valid: moe.capacity_dispatch(x, idx, wt, valid, w, capacity=1))
+  y, kept, routed = dispatch(valid)
+  assert (int(kept), int(routed)) == (2, 4)
+  np.testing.assert_allclose(y[0, 0], 0.5 * _ffn(x[0, 0], w[0][0], w[1][0], w[2][0]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(y[0, 2], 0.7 * _ffn(x[0, 2], w[0][1], w[1][1], w[2][1]), rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(y[0, 1]).max()) == 0.0 and float(jnp.abs(y[0, 3]).max()) == 0.0
+  # Padding never takes capacity: with token 0 padded, token 1 gets expert 0's slot.
+  y, kept, routed = dispatch(valid.at[0, 0].set(False))
+  assert (int(kept), int(routed)) == (2, 3)
+  assert float(jnp.abs(y[0, 0]).max()) == 0.0
+  np.testing.assert_allclose(y[0, 1], 0.6 * _ffn(x[0, 1], w[0][0], w[1][0], w[2][0]), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------- backends and meshes, block level
+
+# name -> (backend, grouped matmul, train capacity factor). cf 4 = E/k: a sequence can send all
+# its tokens to one expert without drops; cf 1 drops (and must drop the same on every mesh).
+VARIANTS = {
+    "dense": ("dense", "auto", 4.0),
+    "capacity": ("capacity", "auto", 4.0),
+    "capacity_tight": ("capacity", "auto", 1.0),
+    "dropless": ("dropless", "chunked", 4.0),  # what auto picks on CPU
+}
+# ragged_dot and megablox share dropless's dispatch code; their kernels are tested above.
+ON_MESHES = ("dense", "capacity_tight", "dropless")
+
+
+def _spec(backend, gmm_impl, cf):
+  # 8 experts, 5 languages -> experts 0, 3, 5, 7, 7; weights large enough that routing is sharp.
+  m = MoESpec(num_experts=E, top_k=2, d_ff=F, lang_to_expert=(0, 3, 5, 7, 7),
+              language_routing="hybrid", router_init_std=0.5, backend=backend,
+              grouped_matmul=gmm_impl, capacity_factor_train=cf)
+  return ModelSpec(d_model=D, init_std=0.2, moe=m)
+
+
+def _batch(forced: bool):
+  """Two documents per row and 3 padding tokens; lang_ids -1 everywhere = nothing forced."""
+  r = np.random.RandomState(1)
+  x = r.randn(B, S, D).astype(np.float32)
+  valid = np.ones((B, S), bool)
+  valid[:, -3:] = False
+  lang = np.where(np.arange(S) < S // 2, r.randint(0, 5, (B, 1)), r.randint(0, 5, (B, 1)))
+  lang = np.where(valid & forced, lang, -1).astype(np.int32)
+  ct = r.randn(B, S, D).astype(np.float32)
+  return x, lang, valid, ct
+
+
+def _loss_and_grads(names):
+  """One jitted function: for each variant, (loss, y, dropped, grads wrt params and x)."""
+  graphdefs = {n: nnx.split(MoEFeedForward(_spec(*VARIANTS[n]), rngs=nnx.Rngs(0)), nnx.Param)[0]
+               for n in names}
+
+  def loss(params, x, lang, valid, ct, name):
+    y, aux = nnx.merge(graphdefs[name], params)(x, lang, valid, train=True)
+    return jnp.sum(y * ct) + aux["lb_loss"] + aux["z_loss"], (y, aux["dropped_fraction"])
+
+  def f(params, x, lang, valid, ct):
+    out = {}
+    for n in names:
+      (l, (y, dropped)), g = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+          params, x, lang, valid, ct, n)
+      out[n] = dict(loss=l, y=y, dropped=dropped, grads=g)
+    return out
+  return _jit(f)
+
+
+def _params():
+  return nnx.to_pure_dict(nnx.state(MoEFeedForward(_spec("dense", "auto", 4.0),
+                                                   rngs=nnx.Rngs(0)), nnx.Param))
+
+
+@pytest.fixture(scope="module")
+def single_device():
+  f = _loss_and_grads(tuple(VARIANTS))
+  dev = jax.devices()[0]
+  return {forced: jax.device_get(f(*jax.device_put((_params(),) + _batch(forced), dev)))
+          for forced in (True, False)}
+
+
+def _assert_close(got, want, what):
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, err_msg=what)
+  np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-5, err_msg=what)
+  np.testing.assert_allclose(got["dropped"], want["dropped"], atol=1e-7, err_msg=what)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=what),
+               got["grads"], want["grads"])
+
+
+@pytest.mark.parametrize("forced", [True, False])
+def test_backends_agree_when_nothing_dropped(single_device, forced):
+  res = single_device[forced]
+  for name in ("capacity", "dropless"):
+    assert float(res[name]["dropped"]) == 0.0, name
+    _assert_close(res[name], res["dense"], f"{name} vs dense, forced={forced}")
+  # The tight capacity really drops here, so the mesh tests below compare drops too.
+  assert float(res["capacity_tight"]["dropped"]) > 0.05
+  # Forcing changes the routing (and so the output) of tagged tokens.
+  other = single_device[not forced]["dense"]
+  assert np.abs(np.asarray(res["dense"]["y"]) - np.asarray(other["y"])).max() > 1e-2
+
+
+@pytest.mark.parametrize("mesh_shape, names", [
+    (dict(expert=8), ON_MESHES), (dict(data=2, expert=4), ON_MESHES),
+    (dict(data=4, expert=2), ON_MESHES), (dict(fsdp=2, expert=4), ON_MESHES),
+    # The tensor axis adds one psum for every backend; dropless alone keeps compile time down.
+    (dict(data=2, expert=2, tensor=2), ("dropless",))])
+def test_mesh_equals_single_device(single_device, mesh_shape, names):
+  dims = [mesh_shape.get(a, 1) for a in cfg_lib.MESH_AXES]
+  mesh = Mesh(np.asarray(jax.devices()).reshape(dims), cfg_lib.MESH_AXES)
+  params = _params()
+  abstract = nnx.state(nnx.eval_shape(lambda: MoEFeedForward(_spec("dense", "auto", 4.0),
+                                                             rngs=nnx.Rngs(0))), nnx.Param)
+  params = jax.device_put(params, sharding.state_shardings(abstract, mesh))
+  batch_sharding = NamedSharding(mesh, P(sharding.BATCH_AXES))
+  f = _loss_and_grads(names)
+  for forced in (True, False):  # same shapes: compiled once, run with and without forcing
+    batch = jax.device_put(_batch(forced), batch_sharding)
+    with jax.set_mesh(mesh):
+      out = jax.device_get(f(params, *batch))
+    for name in names:
+      _assert_close(out[name], single_device[forced][name], f"{name} on {mesh_shape}, forced={forced}")
+  # The expert weights really are split over the expert axis.
+  assert params["wo"].sharding.spec[0] == "expert"
+
+
+def test_uneven_expert_split_is_an_error():
+  mesh = Mesh(np.asarray(jax.devices()[:3]).reshape(1, 1, 3, 1), cfg_lib.MESH_AXES)
+  m = MoEFeedForward(_spec("dropless", "chunked", 4.0), rngs=nnx.Rngs(0))
+  x, lang, valid, _ = _batch(True)
+  with jax.set_mesh(mesh), pytest.raises(ValueError, match="config.mesh.expert"):
+    jax.eval_shape(lambda: m(jnp.asarray(x[:3]), jnp.asarray(lang[:3]), jnp.asarray(valid[:3]),
+                             train=True))
+
+
+def test_axis_names_match_sharding_rules():
+  assert expert_parallel.BATCH_AXES == sharding.BATCH_AXES
+  rules = dict(sharding.LOGICAL_RULES)
+  assert rules["expert"] == expert_parallel.EXPERT_AXIS
+  assert rules["mlp"] == expert_parallel.TENSOR_AXIS
+
+
+def test_config_accepts_backends_and_rejects_unknown():
+  from conftest import load_config
+  for backend in ("auto", "dropless", "capacity", "dense"):
+    c = load_config("post_moe")
+    c.moe.backend = backend
+    cfg_lib.validate(c, 1)
+    assert cfg_lib.model_spec(c).moe.backend == backend
+  c = load_config("post_moe")
+  c.moe.grouped_matmul = "cublas"
+  with pytest.raises(cfg_lib.ConfigError, match="config.moe.grouped_matmul"):
+    cfg_lib.validate(c, 1)
