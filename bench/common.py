@@ -18,16 +18,34 @@ def machine_info() -> dict:
   except OSError:
     pass
   import jax
-  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+  # The 1-minute load average: on a shared machine, other jobs' load skews wall-clock numbers.
+  return {"cpu": cpu, "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+          "jax": jax.__version__,
           "backend": jax.default_backend(), "date": datetime.date.today().isoformat()}
+
+
+# The clock every timing here uses: wall time by default; `use_clock("cpu")` switches to this
+# process's CPU time, which with one compute thread is what the work costs whatever else runs on
+# a shared machine (a second job on the same cores inflates wall time, not CPU time).
+_CLOCK = [time.perf_counter]
+
+
+def use_clock(name: str) -> None:
+  _CLOCK[0] = {"wall": time.perf_counter, "cpu": time.process_time}[name]
+
+
+def single_thread_env() -> None:
+  """Hold XLA to one thread; call before jax is imported (torch: torch.set_num_threads(1))."""
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
 def median_seconds(fn, reps: int) -> float:
   times = []
   for _ in range(reps):
-    t = time.perf_counter()
+    t = _CLOCK[0]()
     fn()
-    times.append(time.perf_counter() - t)
+    times.append(_CLOCK[0]() - t)
   return statistics.median(times)
 
 
@@ -44,9 +62,9 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 5, dtype="float32") -> float:
 
 
 def _timed(fn) -> float:
-  t = time.perf_counter()
+  t = _CLOCK[0]()
   fn()
-  return time.perf_counter() - t
+  return _CLOCK[0]() - t
 
 
 def emit(record: dict) -> None:

@@ -20,7 +20,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import emit, machine_info, matmul_peak_gflops, median_seconds  # noqa: E402
+from bench.common import (emit, machine_info, matmul_peak_gflops, median_seconds,  # noqa: E402
+                          single_thread_env, use_clock)
 
 SHAPE = dict(vocab_size=8000, d_model=256, num_layers=8, num_heads=4, num_kv_heads=2, d_ff=1024)
 NUM_EXPERTS, TOP_K, MOE_LAST = 7, 2, 2
@@ -74,10 +75,10 @@ def ours(dense: bool, batch: int, seq: int, backend: str):
   return spec, run
 
 
-def hf(dense: bool, batch: int, seq: int, experts_impl: str):
+def hf(dense: bool, batch: int, seq: int, experts_impl: str, threads: int):
   import torch
   import transformers
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(threads)
   torch.manual_seed(0)
   common = dict(vocab_size=SHAPE["vocab_size"], hidden_size=SHAPE["d_model"],
                 num_hidden_layers=SHAPE["num_layers"], num_attention_heads=SHAPE["num_heads"],
@@ -115,7 +116,18 @@ def main():
   p.add_argument("--reps", type=int, default=5, help="alternating repetitions")
   p.add_argument("--steps", type=int, default=3, help="train steps per timed repetition")
   p.add_argument("--backend", default="auto", help="our MoE backend")
+  p.add_argument("--threads", type=int, default=os.cpu_count(),
+                 help="compute threads on both sides: all cores, or 1 (XLA single-threaded, "
+                      "torch.set_num_threads(1))")
+  p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                 help="wall: elapsed time; cpu: process CPU time (use with --threads=1 on a "
+                      "shared machine: other jobs then do not count)")
   args = p.parse_args()
+  if args.threads not in (1, os.cpu_count()):
+    p.error(f"--threads: 1 or {os.cpu_count()} (XLA on CPU offers no other setting)")
+  if args.threads == 1:
+    single_thread_env()
+  use_clock(args.clock)
 
   spec, our_run = ours(args.dense, args.batch, args.seq, args.backend)
   # HF's "batched_mm" gathers each token's expert weights ([tokens*k, d, f]: 8.6 GB at this
@@ -124,7 +136,7 @@ def main():
   hf_runs = {}
   for impl in impls:
     try:
-      run = hf(args.dense, args.batch, args.seq, impl)
+      run = hf(args.dense, args.batch, args.seq, impl, args.threads)
       run()  # warm-up; also proves the implementation works on this platform
       hf_runs[impl] = run
     except Exception as e:  # an implementation that needs CUDA
@@ -134,16 +146,18 @@ def main():
     our_run()
   steps = args.steps
   times = {"ours": [], **{k: [] for k in hf_runs}}
+  peaks = []
   for _ in range(args.reps):  # alternate, so drift hits both sides alike
     times["ours"].append(median_seconds(our_run, steps))
     for k, run in hf_runs.items():
       times[k].append(median_seconds(run, steps))
+    peaks.append(matmul_peak_gflops())  # the best of these is the machine's peak
   import statistics
   med = {k: statistics.median(v) for k, v in times.items()}
   best_hf = min((k for k in hf_runs), key=lambda k: med[k])
   tokens = args.batch * args.seq
   flops = model_flops_per_token(spec, args.seq) * tokens
-  peak = matmul_peak_gflops()
+  peak = max(peaks)
   record = {
       "model": "dense" if args.dense else "post_moe",
       "ours_tokens_per_sec": tokens / med["ours"],
@@ -155,7 +169,12 @@ def main():
       "hf_experts_impl": best_hf,
       "hf_all_tokens_per_sec": {k: tokens / med[k] for k in hf_runs},
       "our_backend": args.backend,
+      "threads": args.threads,
+      "clock": args.clock,
+      "step_seconds": {k: round(v, 3) for k, v in med.items()},
       "params_active_flops_per_token": model_flops_per_token(spec, args.seq),
+      "torch": __import__("torch").__version__,
+      "transformers": __import__("transformers").__version__,
       **machine_info(),
   }
   emit(record)

@@ -8,7 +8,7 @@ from flax import nnx
 from helpers import build, packed_batch
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import sharding
-from medmoe_jax.model import Transformer, routing
+from medmoe_jax.model import Transformer, layers, routing
 from medmoe_jax.model.spec import parse_moe_layers, segments_for
 
 
@@ -34,6 +34,28 @@ def test_packing_isolation(tiny_config):
   seg2 = b["segment_ids"] == 2
   np.testing.assert_allclose(np.asarray(logits)[seg2], np.asarray(logits2)[seg2], atol=1e-5)
   assert np.abs(np.asarray(logits)[seg1] - np.asarray(logits2)[seg1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("seq", [64, 128, 256])
+def test_blocked_causal_attention_equals_full_attention(seq):
+  """The block-skipping attention (1, 2 and 4 query blocks at these lengths) equals
+  jax.nn.dot_product_attention under the same packed causal mask, values and gradients, with
+  grouped kv heads, several segments per row and trailing padding."""
+  assert [layers.query_blocks(s) for s in (64, 128, 256)] == [1, 2, 4]
+  r = np.random.RandomState(seq)
+  q = jnp.asarray(r.randn(2, seq, 4, 16), jnp.float32)
+  k, v = (jnp.asarray(r.randn(2, seq, 2, 16), jnp.float32) for _ in range(2))
+  seg = np.zeros((2, seq), np.int32)
+  seg[0, : seq // 3], seg[0, seq // 3: seq - 5] = 1, 2        # two documents, then padding
+  seg[1, :] = 1 + (np.arange(seq) >= seq // 2 + 3)            # a boundary inside a query block
+  mask = layers.attention_mask(jnp.asarray(seg))
+  ours = lambda q, k, v: layers.causal_attention(q, k, v, mask)
+  ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask)
+  np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), atol=2e-6)
+  ct = jnp.asarray(r.randn(2, seq, 4, 16), jnp.float32)
+  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * ct), argnums=(0, 1, 2))(q, k, v)
+  for g_ours, g_ref in zip(grads(ours), grads(ref)):
+    np.testing.assert_allclose(g_ours, g_ref, atol=2e-5)
 
 
 def test_hybrid_k_forces_own_expert_in_last_slot():

@@ -8,15 +8,15 @@
               over ALL rows, masked, so its cost grows linearly with the expert count.
   megablox    the Pallas TPU grouped matmul (jax.experimental.pallas.ops.tpu.megablox), with its
               own custom VJP (gmm / tgmm). Off TPU it only runs in Pallas interpret mode (tests).
-  chunked     for CPU: each group is cut into power-of-two chunks (512, 256, ..., 8 rows, at most
-              3 of each size below the largest), and each chunk is one ordinary matmul inside a
-              `lax.while_loop` whose trip count is the number of chunks actually present. Work is
-              sum_e round_up(n_e, 8) rows, independent of the expert count, and each matmul is as
-              large as the group allows. Loops are not differentiable, so the VJP is written out:
-              the backward pass walks the same chunks and accumulates weight gradients in place.
+  chunked     for CPU: each group is cut into power-of-two chunks (CHUNK_SIZES, 512 down to 8
+              rows, largest first: the binary decomposition of its size), and each chunk is one ordinary matmul inside a `lax.while_loop` whose trip count is
+              the number of chunks the group actually has. Work is sum_e round_up(n_e, 8) rows,
+              independent of the expert count, and each matmul is as large as the group allows.
+              Loops are not differentiable, so the VJP is written out (same chunks, backwards).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -94,6 +94,62 @@ def sorted_layout(expert, num_experts: int, align: int = 1, row_multiple: int = 
                 align)
 
 
+def to_rows(x, layout: Layout, k: int):
+  """Token -> buffer rows. x: [T, D] with slot = token * k + choice -> [M, D] (empty rows 0)."""
+  return _to_rows(x, layout.slot_of_row, layout.rows, k)
+
+
+def from_rows(yb, layout: Layout):
+  """Buffer rows -> slots. yb: [M, D] -> [N, D] (unrouted slots 0)."""
+  return _from_rows(yb, layout.rows, layout.slot_of_row)
+
+
+# Both moves are gathers, and so are their transposes: a token's k rows are known (`rows`), and
+# a row holds at most one slot (`slot_of_row`). Autodiff would transpose a gather into a
+# scatter-add, several times slower on CPU than the gather.
+
+
+def _append_zero_row(a):
+  return jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _to_rows(x, slot_of_row, rows, k):
+  n, t = rows.shape[0], x.shape[0]
+  token = jnp.where(slot_of_row < n, slot_of_row // k, t)
+  return _append_zero_row(x)[token]
+
+
+def _to_rows_fwd(x, slot_of_row, rows, k):
+  return _to_rows(x, slot_of_row, rows, k), (x, rows)
+
+
+def _to_rows_bwd(k, res, dxb):
+  x, rows = res
+  dx = _append_zero_row(dxb)[rows].reshape(x.shape[0], k, -1).sum(axis=1)
+  return _sum_to_type_of(dx.astype(x.dtype), x), None, None
+
+
+_to_rows.defvjp(_to_rows_fwd, _to_rows_bwd)
+
+
+@jax.custom_vjp
+def _from_rows(yb, rows, slot_of_row):
+  return _append_zero_row(yb)[rows]
+
+
+def _from_rows_fwd(yb, rows, slot_of_row):
+  return _from_rows(yb, rows, slot_of_row), (yb, slot_of_row)
+
+
+def _from_rows_bwd(res, dy):
+  yb, slot_of_row = res
+  return _sum_to_type_of(_append_zero_row(dy)[slot_of_row].astype(yb.dtype), yb), None, None
+
+
+_from_rows.defvjp(_from_rows_fwd, _from_rows_bwd)
+
+
 def grouped_swiglu(xb, layout: Layout, wi_gate, wi_up, wo, impl: str):
   """xb: [M, D] rows in `layout` order (rows outside groups are zero) -> [M, D]; rows outside
   every group come back zero. Weights: [E, D, F], [E, D, F], [E, F, D]."""
@@ -140,29 +196,107 @@ def _megablox_swiglu(xb, wg, wu, wd, sizes):
 
 # ----------------------------------------------------------------------------------------------
 # chunked: the CPU grouped matmul.
+#
+# A scan over experts; for expert e, a few while loops (one per chunk size, trip count = how many
+# chunks of that size its group needs) each run plain matmuls on row chunks. The expert's weights
+# are sliced once per expert, its weight gradients accumulate in [D, F] loop carries that stay in
+# cache and leave the scan as its stacked outputs: no [E, D, F] zero-fill and no scattered
+# accumulation. The backward pass recomputes the gate/up activations per chunk instead of
+# keeping two [rows, F] buffers: on CPU, allocating and filling those costs more than the two
+# extra matmuls (BENCHMARKS.md).
 
 
-def _chunk_plan(starts, sizes, num_rows: int):
-  """Per chunk size s (largest first): (s, rows [n_max], experts [n_max], count). Group e of
-  aligned length L_e gets L_e // s0 chunks of the largest size s0, then the remainder is cut
-  greedily into the smaller sizes (fewer than s_prev / s of each)."""
-  e = sizes.shape[0]
-  plan = []
-  rest, offset = sizes, jnp.zeros_like(sizes)
+def _chunk_counts(sizes, num_rows: int):
+  """For each usable chunk size s (largest first): (s, count [E], offset [E]) where group e has
+  count[e] chunks of size s starting at row offset[e] inside the group."""
   usable = [s for s in CHUNK_SIZES if s <= num_rows] or [CHUNK_SIZES[-1]]
-  for level, s in enumerate(usable):
+  plan, rest, offset = [], sizes, jnp.zeros_like(sizes)
+  for s in usable:
     count = rest // s
+    plan.append((s, count, offset))
     rest = rest - count * s
-    n_max = num_rows // s if level == 0 else min(e * (usable[level - 1] // s - 1), num_rows // s)
-    if n_max == 0:
-      continue
-    cum = jnp.cumsum(count)
-    i = jnp.arange(n_max, dtype=jnp.int32)
-    expert = jnp.minimum(jnp.searchsorted(cum, i, side="right"), e - 1).astype(jnp.int32)
-    rows = starts[expert] + offset[expert] + (i - (cum[expert] - count[expert])) * s
-    plan.append((s, rows.astype(jnp.int32), expert, cum[-1]))
     offset = offset + count * s
   return plan
+
+
+def _over_experts(plan, starts, e, carry, body_for):
+  """Run body(carry, row) over every chunk of expert e, one while loop per chunk size."""
+  for s, count, offset in plan:
+    base = starts[e] + offset[e]
+    body = body_for(s)
+    carry = lax.fori_loop(0, count[e], lambda i, c, body=body, base=base, s=s:
+                          body(c, base + i * s), carry)
+  return carry
+
+
+def _chunked_forward(x, wg, wu, wd, starts, sizes):
+  plan = _chunk_counts(sizes, x.shape[0])
+
+  def per_expert(y, e):
+    g_e, u_e, d_e = wg[e], wu[e], wd[e]
+
+    def body_for(s):
+      def body(y, row):
+        xb = lax.dynamic_slice_in_dim(x, row, s)
+        yb = (jax.nn.silu(xb @ g_e) * (xb @ u_e)) @ d_e
+        return lax.dynamic_update_slice_in_dim(y, yb.astype(y.dtype), row, 0)
+      return body
+
+    return _over_experts(plan, starts, e, y, body_for), None
+
+  y0 = _varying_like(jnp.zeros(x.shape, x.dtype), x, wg, wu, wd, starts, sizes)
+  return lax.scan(per_expert, y0, jnp.arange(wg.shape[0]))[0]
+
+
+@jax.custom_vjp
+def chunked_swiglu(x, wg, wu, wd, starts, sizes):
+  """x: [M, D] sorted rows; wg, wu: [E, D, F]; wd: [E, F, D]; starts, sizes: [E] int32 with
+  sizes multiples of 8 and groups inside [0, M). Returns [M, D], zero outside the groups."""
+  return _chunked_forward(x, wg, wu, wd, starts, sizes)
+
+
+def _chunked_vjp_fwd(x, wg, wu, wd, starts, sizes):
+  return _chunked_forward(x, wg, wu, wd, starts, sizes), (x, wg, wu, wd, starts, sizes)
+
+
+def _chunked_vjp_bwd(res, dy):
+  x, wg, wu, wd, starts, sizes = res
+  plan = _chunk_counts(sizes, x.shape[0])
+  acc = jnp.float32  # weight gradients accumulate over chunks: keep them in float32
+  refs = (x, wg, wu, wd, starts, sizes, dy)
+
+  def per_expert(dx, e):
+    g_e, u_e, d_e = wg[e], wu[e], wd[e]
+
+    def body_for(s):
+      def body(carry, row):
+        dx, dg_e, du_e, dd_e = carry
+        xb = lax.dynamic_slice_in_dim(x, row, s)
+        dyb = lax.dynamic_slice_in_dim(dy, row, s).astype(x.dtype)
+        g, u = xb @ g_e, xb @ u_e
+        sig = jax.nn.sigmoid(g)
+        silu = g * sig
+        dh = dyb @ d_e.T
+        dg = dh * u * (sig * (1 + g * (1 - sig)))
+        du = dh * silu
+        dxb = dg @ g_e.T + du @ u_e.T
+        return (lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0),
+                dg_e + (xb.T @ dg).astype(acc), du_e + (xb.T @ du).astype(acc),
+                dd_e + ((silu * u).T @ dyb).astype(acc))
+      return body
+
+    zeros = _varying_like((jnp.zeros(g_e.shape, acc), jnp.zeros(u_e.shape, acc),
+                           jnp.zeros(d_e.shape, acc)), *refs)
+    dx, *dw = _over_experts(plan, starts, e, (dx,) + zeros, body_for)
+    return dx, tuple(dw)
+
+  dx0 = _varying_like(jnp.zeros(x.shape, x.dtype), *refs)
+  dx, (dwg, dwu, dwd) = lax.scan(per_expert, dx0, jnp.arange(wg.shape[0]))
+  grads = (dx, dwg.astype(wg.dtype), dwu.astype(wu.dtype), dwd.astype(wd.dtype))
+  return tuple(_sum_to_type_of(g, p) for g, p in zip(grads, (x, wg, wu, wd))) + (None, None)
+
+
+chunked_swiglu.defvjp(_chunked_vjp_fwd, _chunked_vjp_bwd)
 
 
 def _varying_like(tree, *refs):
@@ -188,79 +322,3 @@ def _vma(a) -> set:
   t = jax.typeof(a)
   mat = getattr(t, "manual_axis_type", None)
   return set(getattr(mat, "varying", None) or getattr(t, "vma", None) or ())
-
-
-def _walk(plan, carry, body_for):
-  for s, rows, experts, n in plan:
-    body = body_for(s)
-    carry = lax.fori_loop(0, n, lambda i, c, body=body, rows=rows, experts=experts:
-                          body(c, experts[i], rows[i]), carry)
-  return carry
-
-
-def _chunked_fwd_impl(x, wg, wu, wd, starts, sizes):
-  m, d = x.shape
-  f = wg.shape[-1]
-
-  def body_for(s):
-    def body(carry, e, row):
-      y, g_all, u_all = carry
-      xb = lax.dynamic_slice_in_dim(x, row, s)
-      g = xb @ wg[e]
-      u = xb @ wu[e]
-      yb = (jax.nn.silu(g) * u) @ wd[e]
-      return (lax.dynamic_update_slice_in_dim(y, yb.astype(y.dtype), row, 0),
-              lax.dynamic_update_slice_in_dim(g_all, g, row, 0),
-              lax.dynamic_update_slice_in_dim(u_all, u, row, 0))
-    return body
-
-  init = (jnp.zeros((m, d), x.dtype), jnp.zeros((m, f), x.dtype), jnp.zeros((m, f), x.dtype))
-  init = _varying_like(init, x, wg, wu, wd, starts, sizes)
-  return _walk(_chunk_plan(starts, sizes, m), init, body_for)
-
-
-@jax.custom_vjp
-def chunked_swiglu(x, wg, wu, wd, starts, sizes):
-  """x: [M, D] sorted rows; wg, wu: [E, D, F]; wd: [E, F, D]; starts, sizes: [E] int32 with
-  sizes multiples of 8 and groups inside [0, M). Returns [M, D], zero outside the groups."""
-  return _chunked_fwd_impl(x, wg, wu, wd, starts, sizes)[0]
-
-
-def _chunked_vjp_fwd(x, wg, wu, wd, starts, sizes):
-  y, g, u = _chunked_fwd_impl(x, wg, wu, wd, starts, sizes)
-  # Keep the gate/up activations (as autodiff of a dense FFN would) instead of recomputing.
-  return y, (x, wg, wu, wd, starts, sizes, g, u)
-
-
-def _chunked_vjp_bwd(res, dy):
-  x, wg, wu, wd, starts, sizes, g_all, u_all = res
-  acc = jnp.float32  # weight gradients accumulate over chunks: keep them in float32
-
-  def body_for(s):
-    def body(carry, e, row):
-      dx, dwg, dwu, dwd = carry
-      xb = lax.dynamic_slice_in_dim(x, row, s)
-      g = lax.dynamic_slice_in_dim(g_all, row, s)
-      u = lax.dynamic_slice_in_dim(u_all, row, s)
-      dyb = lax.dynamic_slice_in_dim(dy, row, s).astype(x.dtype)
-      sig = jax.nn.sigmoid(g)
-      silu = g * sig
-      dh = dyb @ wd[e].T
-      dg = dh * u * (sig * (1 + g * (1 - sig)))
-      du = dh * silu
-      dxb = dg @ wg[e].T + du @ wu[e].T
-      dwd = dwd.at[e].add(((silu * u).T @ dyb).astype(acc))
-      dwg = dwg.at[e].add((xb.T @ dg).astype(acc))
-      dwu = dwu.at[e].add((xb.T @ du).astype(acc))
-      return lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0), dwg, dwu, dwd
-    return body
-
-  init = (jnp.zeros_like(x), jnp.zeros(wg.shape, acc), jnp.zeros(wu.shape, acc),
-          jnp.zeros(wd.shape, acc))
-  init = _varying_like(init, x, wg, wu, wd, starts, sizes, dy)
-  dx, dwg, dwu, dwd = _walk(_chunk_plan(starts, sizes, x.shape[0]), init, body_for)
-  grads = (dx, dwg.astype(wg.dtype), dwu.astype(wu.dtype), dwd.astype(wd.dtype))
-  return tuple(_sum_to_type_of(g, p) for g, p in zip(grads, (x, wg, wu, wd))) + (None, None)
-
-
-chunked_swiglu.defvjp(_chunked_vjp_fwd, _chunked_vjp_bwd)

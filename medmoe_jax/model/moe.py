@@ -73,11 +73,12 @@ def _expert_offset(num_local: int, ep: ExpertAxis | None):
 
 
 def swiglu_experts(xe, wi_gate, wi_up, wo):
-  """xe: [G, E, C, D]; weights [E, D, F], [E, F, D] -> [G, E, C, D]."""
+  """xe: [E, R, D] (expert-major, so the batched matmuls need no transposes); weights
+  [E, D, F], [E, F, D] -> [E, R, D]."""
   dt = xe.dtype
-  g = jnp.einsum("gecd,edf->gecf", xe, wi_gate.astype(dt))
-  u = jnp.einsum("gecd,edf->gecf", xe, wi_up.astype(dt))
-  return jnp.einsum("gecf,efd->gecd", jax.nn.silu(g) * u, wo.astype(dt))
+  g = jnp.einsum("erd,edf->erf", xe, wi_gate.astype(dt))
+  u = jnp.einsum("erd,edf->erf", xe, wi_up.astype(dt))
+  return jnp.einsum("erf,efd->erd", jax.nn.silu(g) * u, wo.astype(dt))
 
 
 def dense_dispatch(x, indices, weights, valid, weights_e, ep: ExpertAxis | None = None):
@@ -89,20 +90,25 @@ def dense_dispatch(x, indices, weights, valid, weights_e, ep: ExpertAxis | None 
   routed = jnp.sum(valid) * indices.shape[-1]
   x, indices, weights, valid = (_gather_batch(a, ep) for a in (x, indices, weights, valid))
   dt = x.dtype
-  g = jnp.einsum("gtd,edf->gtef", x, wi_gate.astype(dt))
-  u = jnp.einsum("gtd,edf->gtef", x, wi_up.astype(dt))
-  ye = jnp.einsum("gtef,efd->gted", jax.nn.silu(g) * u, wo.astype(dt))
+  g_, t, d = x.shape
+  f = wi_gate.shape[-1]
+  # Experts side by side: [D, E*F] up, [E*F, D] down, so each projection is one large matmul;
+  # the combine weight scales each expert's hidden units before the down projection.
+  xf = x.reshape(g_ * t, d)
+  up = lambda w: xf @ jnp.swapaxes(w.astype(dt), 0, 1).reshape(d, el * f)
+  h = (jax.nn.silu(up(wi_gate)) * up(wi_up)).reshape(g_ * t, el, f)
   local = indices - _expert_offset(el, ep)  # out-of-range ids one-hot to zeros
   combine = jnp.sum(jax.nn.one_hot(local, el, dtype=jnp.float32) * weights[..., None], axis=-2)
-  combine = combine * valid[..., None]
-  y = jnp.einsum("gted,gte->gtd", ye.astype(jnp.float32), combine)
+  combine = (combine * valid[..., None]).reshape(g_ * t, el, 1)
+  hc = (h.astype(jnp.float32) * combine).astype(dt).reshape(g_ * t, el * f)
+  y = (hc @ wo.astype(dt).reshape(el * f, d)).astype(jnp.float32).reshape(g_, t, d)
   return _reduce_scatter_batch(y, ep).astype(dt), routed, routed
 
 
 def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int,
                       ep: ExpertAxis | None = None):
   """Gather/scatter dispatch with a per-group capacity. With expert parallelism the
-  [G, E, C, D] buffer goes to the experts' devices and back by all-to-all (GShard)."""
+  [E, G, C, D] buffer goes to the experts' devices and back by all-to-all (GShard)."""
   wi_gate, wi_up, wo = weights_e
   el = wi_gate.shape[0]
   p = 1 if ep is None else ep.size
@@ -110,33 +116,37 @@ def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int,
   g_, t, d = x.shape
   k = indices.shape[-1]
   c = capacity
-  # Slot order k-major: every token's first choice is placed before any second choice.
+  # Position of each slot in its expert's queue, k-major: every token's first choice is placed
+  # before any second choice (a [G, kT, E] int cumsum; no [T, E, C] one-hot tensor).
   idx = jnp.swapaxes(indices, 1, 2).reshape(g_, k * t)                       # [G, kT]
   slot_valid = jnp.broadcast_to(valid[:, None, :], (g_, k, t)).reshape(g_, k * t)
   onehot = jax.nn.one_hot(idx, e, dtype=jnp.int32) * slot_valid[..., None]  # [G, kT, E]
   pos = jnp.sum((jnp.cumsum(onehot, axis=1) - 1) * onehot, axis=-1)         # [G, kT]
   keep = slot_valid & (pos < c)
-  buf = jnp.where(keep, idx * c + pos, e * c)                               # e*c: trash slot
-  token_of_slot = jnp.tile(jnp.arange(t, dtype=jnp.int32), k)
-  rows = jnp.arange(g_)[:, None]
-  # buffer position -> token (t = the zero padding row).
-  buf_token = jnp.full((g_, e * c + 1), t, jnp.int32).at[rows, buf].set(
-      jnp.broadcast_to(token_of_slot, (g_, k * t)))[:, : e * c]
-  x_pad = jnp.concatenate([x, jnp.zeros((g_, 1, d), x.dtype)], axis=1)
-  xe = jnp.take_along_axis(x_pad, buf_token[..., None], axis=1).reshape(g_, e, c, d)
+  # Buffer row of each slot, expert-major ([E, G, C] rows), slots renumbered token-major
+  # (slot = token * k + choice) as gmm.to_rows / from_rows expect; dropped slots point one past
+  # the end (a zero row).
+  m = e * g_ * c
+  row = jnp.where(keep, idx * (g_ * c) + jnp.arange(g_)[:, None] * c + pos, m)
+  rows = jnp.swapaxes(row.reshape(g_, k, t), 1, 2).reshape(-1)              # [G*T*k]
+  n = rows.shape[0]
+  slot_of_row = jnp.full((m + 1,), n, jnp.int32).at[rows].set(jnp.arange(n, dtype=jnp.int32))
+  layout = gmm.Layout(rows, slot_of_row[:m], None, None, m, 1)
+  xe = gmm.to_rows(x.reshape(g_ * t, d), layout, k)                         # [E*G*C, D]
   if ep is None:
-    ye = swiglu_experts(xe, wi_gate, wi_up, wo)
+    ye = swiglu_experts(xe.reshape(e, g_ * c, d), wi_gate, wi_up, wo)
   else:
-    # [G, P, El, C, D] -> [P(dest), G, El, C, D]; all-to-all: dim 0 becomes the source device.
-    xe = jnp.swapaxes(xe.reshape(g_, p, el, c, d), 0, 1)
-    xe = lax.all_to_all(xe, ep.name, 0, 0, tiled=True)
-    ye = swiglu_experts(xe.reshape(p * g_, el, c, d), wi_gate, wi_up, wo)
-    ye = lax.all_to_all(ye.reshape(p, g_, el, c, d), ep.name, 0, 0, tiled=True)
-    ye = jnp.swapaxes(ye, 0, 1).reshape(g_, e, c, d)
-  ye = jnp.concatenate([ye.reshape(g_, e * c, d), jnp.zeros((g_, 1, d), ye.dtype)], axis=1)
-  y_slot = jnp.take_along_axis(ye, buf[..., None], axis=1)                  # [G, kT, D]
-  w = jnp.swapaxes(weights, 1, 2).reshape(g_, k * t) * keep
-  y = jnp.sum((y_slot.astype(jnp.float32) * w[..., None]).reshape(g_, k, t, d), axis=1)
+    # [P(dest), El, G*C, D] --all-to-all--> [P(source), El, G*C, D]: my experts, every
+    # source's tokens; back the same way.
+    xe = lax.all_to_all(xe.reshape(p, el, g_ * c, d), ep.name, 0, 0, tiled=True)
+    xe = jnp.swapaxes(xe, 0, 1).reshape(el, p * g_ * c, d)
+    ye = swiglu_experts(xe, wi_gate, wi_up, wo)
+    ye = jnp.swapaxes(ye.reshape(el, p, g_ * c, d), 0, 1)
+    ye = lax.all_to_all(ye, ep.name, 0, 0, tiled=True)
+  y_slot = gmm.from_rows(ye.reshape(m, d), layout).astype(jnp.float32)      # [G*T*k, D]
+  w = jnp.where(keep, jnp.swapaxes(weights, 1, 2).reshape(g_, k * t), 0.0)
+  w = jnp.swapaxes(w.reshape(g_, k, t), 1, 2).reshape(-1)
+  y = jnp.sum((y_slot * w[:, None]).reshape(g_, t, k, d), axis=2)
   return y.astype(x.dtype), jnp.sum(keep), jnp.sum(slot_valid)
 
 
@@ -157,11 +167,9 @@ def dropless_dispatch(x, indices, weights, valid, weights_e, impl: str,
   ok = (valid[..., None] & (local >= 0) & (local < el)).reshape(n)           # slot = token*k + j
   layout = gmm.sorted_layout(jnp.where(ok, local.reshape(n), -1), el, gmm.align_for(impl),
                              gmm.row_multiple_for(impl))
-  token_of_row = jnp.where(layout.slot_of_row < n, layout.slot_of_row // k, g_ * t)
-  x_flat = jnp.concatenate([x.reshape(g_ * t, d), jnp.zeros((1, d), x.dtype)])
-  yb = gmm.grouped_swiglu(x_flat[token_of_row], layout, wi_gate, wi_up, wo, impl)  # [M, D]
-  yb = jnp.concatenate([yb, jnp.zeros((1, d), yb.dtype)])
-  y_slot = yb[layout.rows].astype(jnp.float32)                                     # [N, D]
+  xb = gmm.to_rows(x.reshape(g_ * t, d), layout, k)                                # [M, D]
+  yb = gmm.grouped_swiglu(xb, layout, wi_gate, wi_up, wo, impl)
+  y_slot = gmm.from_rows(yb, layout).astype(jnp.float32)                           # [N, D]
   w = jnp.where(ok, weights.reshape(n), 0.0)
   y = jnp.sum((y_slot * w[:, None]).reshape(g_, t, k, d), axis=2)
   return _reduce_scatter_batch(y, ep).astype(x.dtype), routed, routed

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from medmoe_jax.model.layers import (MLP, Attention, RMSNorm, attention_mask, cached_attention_mask,
-                                     constrain_batch, dtype_of, normal_init)
+from medmoe_jax.model.layers import (MLP, Attention, RMSNorm, as_rows, attention_mask,
+                                     cached_attention_mask, constrain_batch, dtype_of, normal_init)
 from medmoe_jax.model.moe import MoEFeedForward
 from medmoe_jax.model.spec import ModelSpec
 
@@ -167,9 +167,10 @@ class Transformer(nnx.Module):
     return self.final_norm(x), aux
 
   def logits(self, h):
-    if self.spec.tie_embeddings:
-      return self.embed.attend(h).astype(jnp.float32)
-    return self.lm_head(h).astype(jnp.float32)
+    """h: [B, S, D] -> [B, S, V] float32 (computed on [B*S, D] rows, see layers.as_rows)."""
+    rows = as_rows(h)
+    out = self.embed.attend(rows) if self.spec.tie_embeddings else self.lm_head(rows)
+    return out.astype(jnp.float32).reshape(*h.shape[:-1], -1)
 
   def __call__(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):
     """Returns (logits [B, S, V] float32, aux) where aux maps names to [num_moe_layers, ...]."""

@@ -1,0 +1,169 @@
+"""MoE layer fwd+bwd time against a dense SwiGLU doing the same active FLOPs.
+
+  python bench/moe_layer.py                       # the sweep in BENCHMARKS.md
+  python bench/moe_layer.py --experts=7,64 --backends=auto --reps=5
+
+Prints one JSON object per line: backend, num_experts, top_k, tokens, d_model, d_ff, fwd_bwd_ms
+(the whole MoE block: router, routing, dispatch, experts, combine; gradients for every parameter
+and the input), dense_equiv_ms (top_k SwiGLU FFNs of width d_ff on the same tokens, fwd+bwd,
+measured in the same run, interleaved with the MoE timings so both see the same machine load),
+ratio = fwd_bwd_ms / dense_equiv_ms, plus dropped_fraction and the kernel/capacity used.
+Times are medians over --reps repetitions (each after a warm-up call). Routing is the learned
+router at init (near uniform), no language forcing, so loads are balanced up to sampling noise.
+
+On a machine shared with other jobs, wall-clock times of a multi-threaded XLA swing by 2x from
+one minute to the next. `--clock=cpu` measures the process's CPU time instead; with XLA held to
+one thread it is what the computation costs, whatever else runs:
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+    taskset -c 0 python bench/moe_layer.py --clock=cpu
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from medmoe_jax.model import moe  # noqa: E402
+from medmoe_jax.model.spec import ModelSpec, MoESpec  # noqa: E402
+
+# name -> (MoESpec.backend, MoESpec.grouped_matmul)
+BACKENDS = {
+    "auto": ("auto", "auto"),
+    "dense": ("dense", "auto"),
+    "capacity": ("capacity", "auto"),
+    "dropless_chunked": ("dropless", "chunked"),
+    "dropless_ragged_dot": ("dropless", "ragged_dot"),
+}
+
+
+CLOCK = time.perf_counter
+
+
+def _timed(f, *args):
+  t = CLOCK()
+  jax.block_until_ready(f(*args))
+  return CLOCK() - t
+
+
+def dense_equiv_fn(top_k: int):
+  """top_k SwiGLU FFNs of width d_ff on every token: the MoE's active FLOPs without dispatch."""
+
+  def loss(params, x, ct):
+    y = 0.0
+    for wg, wu, wo in params:
+      y = y + (jax.nn.silu(x @ wg) * (x @ wu)) @ wo
+    return jnp.sum(y * ct)
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def moe_fn(spec: ModelSpec, lang, valid):
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: moe.MoEFeedForward(spec, rngs=nnx.Rngs(0))))
+
+  def loss(params, x, ct):
+    y, aux = nnx.merge(graphdef, params)(x, lang, valid, train=True)
+    return jnp.sum(y * ct), aux["dropped_fraction"]
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
+
+
+def run_one(name, num_experts, args, dense, dense_args):
+  backend, kernel = BACKENDS[name]
+  m = MoESpec(num_experts=num_experts, top_k=args.top_k, d_ff=args.d_ff, language_routing="none",
+              backend=backend, grouped_matmul=kernel, capacity_factor_train=args.capacity_factor)
+  spec = ModelSpec(d_model=args.d_model, moe=m)
+  b, s = args.tokens // args.seq, args.seq
+  lang = jnp.full((b, s), -1, jnp.int32)
+  valid = jnp.ones((b, s), bool)
+  params = nnx.to_pure_dict(nnx.state(moe.MoEFeedForward(spec, rngs=nnx.Rngs(0)), nnx.Param))
+  r = np.random.RandomState(1)
+  x = jnp.asarray(r.randn(b, s, args.d_model), jnp.float32)
+  ct = jnp.asarray(r.randn(b, s, args.d_model), jnp.float32)
+  f = moe_fn(spec, lang, valid)
+  first = _timed(f, params, x, ct)   # compile + first run
+  first = _timed(f, params, x, ct)   # warm
+  dropped = float(f(params, x, ct)[1])  # blocks: nothing may still run when timing starts
+  reps = args.reps if first < args.slow_s else 1
+  t_moe, t_dense = [], []
+  for _ in range(reps):
+    t_dense.append(_timed(dense, *dense_args))
+    t_moe.append(_timed(f, params, x, ct))
+  ms, dms = 1e3 * float(np.median(t_moe)), 1e3 * float(np.median(t_dense))
+  resolved = moe.resolve_backend(backend)
+  out = dict(backend=name, num_experts=num_experts, top_k=args.top_k, tokens=args.tokens,
+             d_model=args.d_model, d_ff=args.d_ff, fwd_bwd_ms=round(ms, 2),
+             dense_equiv_ms=round(dms, 2), ratio=round(ms / dms, 3),
+             dropped_fraction=round(dropped, 4), reps=reps, resolved=resolved)
+  if resolved == "dropless":
+    out["grouped_matmul"] = moe.resolve_grouped_matmul(kernel)
+  if resolved == "capacity":
+    out["capacity_factor"] = args.capacity_factor
+    out["seq"] = args.seq
+  return out
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--experts", default="4,7,8,16,32,64")
+  p.add_argument("--backends", default="auto,dropless_chunked,capacity,dropless_ragged_dot,dense")
+  p.add_argument("--top_k", type=int, default=2)
+  p.add_argument("--tokens", type=int, default=8192, help="tokens per step on this device")
+  p.add_argument("--seq", type=int, default=2048, help="sequence length (capacity groups)")
+  p.add_argument("--d_model", type=int, default=128)
+  p.add_argument("--d_ff", type=int, default=512)
+  p.add_argument("--capacity_factor", type=float, default=1.25)
+  p.add_argument("--reps", type=int, default=7)
+  p.add_argument("--slow_s", type=float, default=10.0,
+                 help="configurations slower than this (s per call) are timed once")
+  p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                 help="wall: elapsed time; cpu: process CPU time (see above)")
+  p.add_argument("--info", action="store_true", help="print machine and versions first")
+  args = p.parse_args()
+  global CLOCK
+  CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+  if args.tokens % args.seq:
+    p.error(f"--tokens={args.tokens} must be a multiple of --seq={args.seq}")
+  if args.info:
+    import flax
+    print(json.dumps(dict(platform=jax.default_backend(), devices=str(jax.devices()),
+                          cpu=_cpu_model(), jax=jax.__version__,
+                          flax=flax.__version__, python=platform.python_version(),
+                          date=time.strftime("%Y-%m-%d"), cores=os.cpu_count(), clock=args.clock,
+                          xla_flags=os.environ.get("XLA_FLAGS", ""))), flush=True)
+  r = np.random.RandomState(0)
+  x = jnp.asarray(r.randn(args.tokens, args.d_model), jnp.float32)
+  ct = jnp.asarray(r.randn(args.tokens, args.d_model), jnp.float32)
+  shapes = ((args.d_model, args.d_ff), (args.d_model, args.d_ff), (args.d_ff, args.d_model))
+  dparams = [tuple(jnp.asarray(r.randn(*s) * 0.02, jnp.float32) for s in shapes)
+             for _ in range(args.top_k)]
+  dense = dense_equiv_fn(args.top_k)
+  dense_args = (dparams, x, ct)
+  _timed(dense, *dense_args)
+  for e in [int(v) for v in args.experts.split(",")]:
+    for name in args.backends.split(","):
+      if name not in BACKENDS:
+        p.error(f"--backends: unknown {name!r}; choose from {sorted(BACKENDS)}")
+      print(json.dumps(run_one(name, e, args, dense, dense_args)), flush=True)
+
+
+if __name__ == "__main__":
+  main()
