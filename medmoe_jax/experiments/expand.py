@@ -213,18 +213,55 @@ def train(name: str, s: Settings, out: str, mesh, clock: Clock, progress: bool) 
   from medmoe_jax.train import Trainer
   c = run_config(name, s, out)
   workdir = os.path.join(out, "runs", name)
+  from medmoe_jax.evaluation.lm import checkpoint_steps
+  done = checkpoint_steps(workdir)
   with clock.phase(f"train {name} ({c.train.steps} steps)"):
     t = Trainer(c, workdir, mesh=mesh).setup()
+    # Without progress bars (not a terminal, or --no_progress), step lines from metrics.jsonl.
+    watch = None if progress else StepLines(clock, name, workdir, int(c.train.steps))
     try:
       t.run(progress=progress)
     finally:
       t.close()
+      if watch:
+        watch.stop()
   hist = read_metrics(workdir)
   summary = loss_summary(hist)
   clock.log(f"train {name}: loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}, "
             f"{summary['tokens']:.0f} tokens")
   return {"config": c.name, "steps": int(c.train.steps), "languages": list(c.languages.use),
-          **summary}
+          "resumed_at_step": max(done) if done else None, **summary}
+
+
+class StepLines:
+  """Prints "train NAME: step i/N, loss x" every `every` seconds while a run trains, from the
+  metrics.jsonl the trainer flushes at each log step (a thread; the trainer is left as it is)."""
+
+  def __init__(self, clock: Clock, name: str, workdir: str, total: int, every: float = 20.0):
+    import threading
+    self.clock, self.name, self.total, self.every = clock, name, total, every
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.done = threading.Event()
+    self.thread = threading.Thread(target=self._loop, daemon=True)
+    self.thread.start()
+
+  def _loop(self):
+    last = None
+    while not self.done.wait(self.every):
+      try:
+        with open(self.path, encoding="utf-8") as f:
+          lines = [line for line in f if line.strip()]
+        rec = json.loads(lines[-1]) if lines else None
+      except (OSError, ValueError):
+        continue
+      if rec and rec["step"] != last:
+        last = rec["step"]
+        self.clock.log(f"train {self.name}: step {rec['step']}/{self.total}, loss "
+                       f"{rec.get('loss', float('nan')):.3f}, {rec.get('tokens_per_sec', 0):.0f} tokens/s")
+
+  def stop(self):
+    self.done.set()
+    self.thread.join()
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -46,9 +46,11 @@ def _finite(*xs) -> bool:
   return all(x is not None and math.isfinite(x) for x in xs)
 
 
-def routing_summary(rt: dict, original, new) -> dict | None:
-  """Per MoE layer: the mean own-(family-)expert share over the languages that have one, and the
-  share of assignments to expert 0 (MoE-LPR's frozen original FFN) for each group."""
+def routing_summary(rt: dict, original, new, family_experts: bool) -> dict | None:
+  """Per MoE layer: the mean own-(family-)expert share over the languages that have one (only for
+  a model whose experts are language families: Post-MoE; elsewhere the eval job's "own expert"
+  is a family-table index that means nothing to the model), and the share of assignments to
+  expert 0 (MoE-LPR's frozen original FFN) for each group."""
   if not rt or not rt.get("languages"):
     return None
   langs = rt["languages"]
@@ -57,17 +59,16 @@ def routing_summary(rt: dict, original, new) -> dict | None:
     rows = [np.asarray(langs[l]["fractions"])[:, 0] for l in group if l in langs]
     return np.round(np.mean(rows, axis=0), 5).tolist() if rows else None
 
-  own = {l: v["own_share"] for l, v in langs.items() if v["own_share"] is not None}
+  own = {l: v["own_share"] for l, v in langs.items()
+         if family_experts and v["own_share"] is not None}
   return {"layers": rt["layers"], "experts": rt["experts"],
-          "own_share_mean": (rt.get("average") or {}).get("own_share"),
+          "own_share_mean": (rt.get("average") or {}).get("own_share") if family_experts else None,
           "own_share": own, "uniform_share": 1.0 / len(rt["experts"]),
           "expert0_share": {"original": expert0(original), "new": expert0(new)}}
 
 
 def build(s, trained: dict, evaluated: dict, phases: dict, families: dict) -> dict:
   """results.json's content from the runs' training summaries and eval entries."""
-  import jax
-
   from medmoe_jax.evaluation import forgetting
 
   original, new = list(s.original), list(s.new)
@@ -87,8 +88,9 @@ def build(s, trained: dict, evaluated: dict, phases: dict, families: dict) -> di
     methods[key] = {
         **row, "perplexity": e["perplexity"],
         "forgetting": forgetting.compare(e, base, original),
-        "routing": routing_summary(e.get("routing"), original, new),
-        "figures": e.get("figures", {}),
+        "routing": routing_summary(e.get("routing"), original, new, key == "post_moe"),
+        "figures": {k: v for k, v in e.get("figures", {}).items()
+                    if key == "post_moe" or k != "own_share"},
         "training": {r: trained[r] for r in (["moe_lpr_stage1", run] if key == "moe_lpr" else [run])}}
   stage1, stage2 = s.lpr_steps
   results = {
@@ -115,12 +117,12 @@ def build(s, trained: dict, evaluated: dict, phases: dict, families: dict) -> di
                                "the budget. tokens_trained counts the real (non-padding) tokens."},
       "base": {"perplexity": base["perplexity"], "original_ppl": base_orig, "new_ppl": base_new,
                "training": trained["base"]},
+      "runs": trained,
       "table": table,
       "methods": methods,
       "wall_time": {"phases": dict(phases), "total": None},
   }
   results["claims"] = claims(results)
-  del jax
   return results
 
 
@@ -342,6 +344,11 @@ def render(r: dict) -> str:
         f"- Machine: {mach['platform']}, Python {mach['python']}, {mach['devices']}.", ""]
 
   L += ["## Wall time", ""]
+  resumed = [k for k, v in r["runs"].items() if v.get("resumed_at_step")]
+  if resumed:
+    L += ["Resumed invocation: these runs had checkpoints when it started, so their phase times "
+          "cover only what was left: " + ", ".join(f"{k} (from step {r['runs'][k]['resumed_at_step']})"
+                                                    for k in resumed) + ".", ""]
   L += _table(["phase", "wall time"], [[k, _secs(v)] for k, v in r["wall_time"]["phases"].items()]
               + [["**total**", f"**{_secs(r['wall_time']['total'])}**"]])
   L += ["", "## Files", "",
