@@ -22,8 +22,8 @@ ways of teaching a trained model new languages:
                 seeds, wall time per phase, the machine.
 
 Everything runs in this process on one device through the Python APIs (Trainer, Evaluator).
-OUT keeps runs/<name>/ (training workdirs), eval/<name>/ (the eval job's outputs) and data/ (the
-built sample, shared). Running the same command again resumes: finished runs are not retrained.
+OUT keeps seed<k>/runs/<name>/ (training workdirs), seed<k>/eval/<name>/ (the eval job's
+outputs), data/ (the built sample, shared) and jax_cache/ (compiled programs, shared by the seeds). Running the same command again resumes: finished runs are not retrained.
 """
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ class Settings:
   """Everything that decides the experiment's numbers (saved in OUT/settings.json)."""
   original: tuple = ("en", "zh", "es")
   new: tuple = ("sw", "ha", "mg")
-  seed: int = 0
+  # The whole experiment repeats for each seed (init, data order); the report gives the mean and
+  # the spread, and each claim's verdict per seed: held-out text is a few hundred tokens a
+  # language, so one seed's differences of a few percent can be noise.
+  seeds: tuple = (0, 1, 2)
   # The model: every method's is this dense decoder, upcycled or extended by the method's config.
   d_model: int = 64
   num_layers: int = 4
@@ -62,8 +65,13 @@ class Settings:
   d_ff: int = 192
   seq_len: int = 128
   batch_size: int = 8
-  base_steps: int = 600
-  steps: int = 300               # the expansion budget of every method (steps of batch_size rows)
+  # The sample holds ~9 training documents (~3k tokens) a language, which a model memorises
+  # within a few hundred steps: past that, held-out perplexity only rises. Both lengths sit where
+  # held-out perplexity was lowest in a pilot at these settings (seed 0, held-out evaluated every
+  # 20-25 steps): the base's original languages at ~100-120 steps; full continual training's new
+  # languages at ~120-160 steps. See docs/expand_report.md.
+  base_steps: int = 120
+  steps: int = 150               # the expansion budget of every method (steps of batch_size rows)
   lpr_stage2_share: float = 0.1  # MoE-LPR: the share of the budget's steps spent in stage 2
   replay_share: float = 0.2      # MoE-LPR stage 2: share of documents from the original languages
   eval_batch_size: int = 8
@@ -71,7 +79,8 @@ class Settings:
 
   @classmethod
   def make(cls, quick: bool = False, **overrides) -> "Settings":
-    """Defaults (about 15 minutes on 2 CPU cores) or --quick (a structure check, ~2 minutes)."""
+    """Defaults (3 seeds, about 15 minutes on 2 CPU cores) or --quick (one seed, a structure
+    check, about 2 minutes)."""
     base = dict(QUICK, quick=True) if quick else {}
     base.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**base)
@@ -84,7 +93,7 @@ class Settings:
 
 
 QUICK = dict(d_model=32, num_layers=3, num_heads=2, num_kv_heads=1, d_ff=64, seq_len=64,
-             batch_size=4, base_steps=20, steps=10, eval_batch_size=4)
+             batch_size=4, base_steps=20, steps=10, eval_batch_size=4, seeds=(0,))
 
 
 class ExperimentError(ValueError):
@@ -110,6 +119,8 @@ def check(s: Settings) -> None:
     raise ExperimentError(f"--new: {overlap[0]!r} is {fam[overlap[0]]}, a family the original "
                           "languages cover (table apollo50); choose new languages from other "
                           "families so that Post-MoE's family experts separate old from new")
+  if not s.seeds or len(set(s.seeds)) != len(s.seeds):
+    raise ExperimentError(f"--seed/--num_seeds: need distinct seeds, got {s.seeds}")
   if s.steps < 2 or s.base_steps < 1:
     raise ExperimentError(f"--steps must be >= 2 (MoE-LPR has two stages) and --base_steps >= 1, "
                           f"got {s.steps}, {s.base_steps}")
@@ -137,15 +148,19 @@ def load_config(name: str, arg=None):
   return mod.get_config(arg)
 
 
-def run_config(name: str, s: Settings, out: str):
+def seed_dir(out: str, seed: int) -> str:
+  return os.path.join(out, f"seed{seed}")
+
+
+def run_config(name: str, s: Settings, out: str, seed: int):
   """The training config of run `name`: the method's own config file with the experiment's model
-  size, data, budget and languages; nothing else of the method changes."""
+  size, data, budget, languages and seed; nothing else of the method changes."""
   file, source = {r[0]: (r[1], r[2]) for r in RUNS}[name]
   c = load_config(file)
   stage1, stage2 = s.lpr_steps
   steps = {"base": s.base_steps, "moe_lpr_stage1": stage1, "moe_lpr_stage2": stage2}.get(name, s.steps)
   c.name = name
-  c.seed = s.seed
+  c.seed = seed
   c.model.update(dict(d_model=s.d_model, num_layers=s.num_layers, num_heads=s.num_heads,
                       num_kv_heads=s.num_kv_heads, d_ff=s.d_ff))
   c.data.update(dict(seq_len=s.seq_len, batch_size=s.batch_size,
@@ -160,17 +175,17 @@ def run_config(name: str, s: Settings, out: str):
     c.data.replay_share = s.replay_share
   else:
     c.languages.use = tuple(s.new)
-  c.upcycle["from"] = os.path.join(out, "runs", source) if source else ""
+  c.upcycle["from"] = os.path.join(seed_dir(out, seed), "runs", source) if source else ""
   return c
 
 
-def eval_config(run_dir: str, s: Settings, out: str, progress: bool):
+def eval_config(run_dir: str, s: Settings, out: str, seed: int, progress: bool):
   c = load_config("eval")
   c.checkpoint = run_dir
   c.tasks = "perplexity,routing"  # routing only where the model has MoE layers
   c.languages = ",".join(tuple(s.original) + tuple(s.new))
   c.batch_size = s.eval_batch_size
-  c.seed = s.seed
+  c.seed = seed
   c.progress = progress
   c.perplexity.data_dir = os.path.join(out, "data")  # the held-out split, built once
   return c
@@ -209,16 +224,17 @@ class Clock:
     return _Phase()
 
 
-def train(name: str, s: Settings, out: str, mesh, clock: Clock, progress: bool) -> dict:
+def train(name: str, s: Settings, out: str, seed: int, mesh, clock: Clock, progress: bool) -> dict:
   from medmoe_jax.train import Trainer
-  c = run_config(name, s, out)
-  workdir = os.path.join(out, "runs", name)
+  c = run_config(name, s, out, seed)
+  workdir = os.path.join(seed_dir(out, seed), "runs", name)
   from medmoe_jax.evaluation.lm import checkpoint_steps
   done = checkpoint_steps(workdir)
-  with clock.phase(f"train {name} ({c.train.steps} steps)"):
+  with clock.phase(f"seed {seed}: train {name} ({c.train.steps} steps)"):
     t = Trainer(c, workdir, mesh=mesh).setup()
     # Without progress bars (not a terminal, or --no_progress), step lines from metrics.jsonl.
-    watch = None if progress else StepLines(clock, name, workdir, int(c.train.steps))
+    watch = None if progress else StepLines(clock, f"seed {seed}: {name}", workdir,
+                                            int(c.train.steps))
     try:
       t.run(progress=progress)
     finally:
@@ -227,7 +243,7 @@ def train(name: str, s: Settings, out: str, mesh, clock: Clock, progress: bool) 
         watch.stop()
   hist = read_metrics(workdir)
   summary = loss_summary(hist)
-  clock.log(f"train {name}: loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}, "
+  clock.log(f"seed {seed}: train {name}: loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}, "
             f"{summary['tokens']:.0f} tokens")
   return {"config": c.name, "steps": int(c.train.steps), "languages": list(c.languages.use),
           "resumed_at_step": max(done) if done else None, **summary}
@@ -282,14 +298,16 @@ def loss_summary(hist: list[dict]) -> dict:
           "lang_loss_last": last.get("lang_loss", {})}
 
 
-def evaluate(name: str, s: Settings, out: str, mesh, clock: Clock, progress: bool) -> dict:
+def evaluate(name: str, s: Settings, out: str, seed: int, mesh, clock: Clock,
+             progress: bool) -> dict:
   from medmoe_jax.eval import Evaluator
-  eval_dir = os.path.join(out, "eval", name)
-  with clock.phase(f"eval {name}"):
-    results = Evaluator(eval_config(os.path.join(out, "runs", name), s, out, progress), eval_dir,
-                        mesh=mesh).run()
+  eval_dir = os.path.join(seed_dir(out, seed), "eval", name)
+  run_dir = os.path.join(seed_dir(out, seed), "runs", name)
+  with clock.phase(f"seed {seed}: eval {name}"):
+    results = Evaluator(eval_config(run_dir, s, out, seed, progress), eval_dir, mesh=mesh).run()
   entry = results["evaluations"][-1]
-  entry["figures"] = {k: os.path.join("eval", name, v) for k, v in entry.get("figures", {}).items()}
+  entry["figures"] = {k: os.path.relpath(os.path.join(eval_dir, v), out)
+                      for k, v in entry.get("figures", {}).items()}
   return entry
 
 
@@ -323,17 +341,23 @@ def run(s: Settings, out: str, *, progress: bool = True, clock: Clock | None = N
   prepare_workdir(s, out)
   clock = clock or Clock()
   clock.log(f"workdir {out}; original {','.join(s.original)} -> new {','.join(s.new)}; "
-            f"{'quick' if s.quick else 'default'} settings, seed {s.seed}")
-  mesh = sharding.make_mesh(run_config("base", s, out), jax.devices()[:1])
-  trained, evaluated = {}, {}
+            f"{'quick' if s.quick else 'default'} settings, seeds {', '.join(map(str, s.seeds))}")
+  if not jax.config.jax_compilation_cache_dir:
+    # Every seed runs the same programs: later seeds read their compiled code from here.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
+  mesh = sharding.make_mesh(run_config("base", s, out, s.seeds[0]), jax.devices()[:1])
+  per_seed = {}
   # --quick: the "rbg" PRNG, whose initialisers compile about twice as fast as threefry's (the
   # random bits differ, which a structure check does not care about).
   with jax.default_prng_impl("rbg" if s.quick else jax.config.jax_default_prng_impl):
-    for name, _, _ in RUNS:
-      trained[name] = train(name, s, out, mesh, clock, progress)
-      evaluated[name] = evaluate(name, s, out, mesh, clock, progress)
+    for seed in s.seeds:
+      trained, evaluated = {}, {}
+      for name, _, _ in RUNS:
+        trained[name] = train(name, s, out, seed, mesh, clock, progress)
+        evaluated[name] = evaluate(name, s, out, seed, mesh, clock, progress)
+      per_seed[seed] = expand_report.build_seed(s, trained, evaluated)
   with clock.phase("report"):
-    results = expand_report.build(s, trained, evaluated, clock.phases, family_of(s.original + s.new))
+    results = expand_report.build(s, per_seed, clock.phases, family_of(s.original + s.new))
     results["wall_time"]["total"] = time.time() - clock.t0
     expand_report.write(results, out)
   clock.log(f"done in {results['wall_time']['total']:.0f}s: {os.path.join(out, 'report.md')}")
@@ -356,16 +380,18 @@ def parse_args(argv=None):
                  "runs/, eval/, data/); rerunning into it resumes")
   p.add_argument("--quick", action="store_true", help="tiny model and budget (~2 min): checks "
                  "that everything runs and the report is written, not the conclusions")
-  p.add_argument("--seed", type=int, default=None, help="seed of every run (init, data order) "
-                 "and of the eval job (default 0)")
+  p.add_argument("--seed", type=int, default=0, help="first seed: seeds are seed, seed+1, ... "
+                 "(init, data order, eval job)")
+  p.add_argument("--num_seeds", type=int, default=None,
+                 help="repeat the experiment for this many seeds (default 3; --quick 1)")
   p.add_argument("--original", type=_langs, default=None,
                  help="languages of the base model, comma-separated (default en,zh,es)")
   p.add_argument("--new", type=_langs, default=None, help="languages to add, from families "
                  "the original ones do not cover (default sw,ha,mg)")
   p.add_argument("--steps", type=int, default=None, help="expansion budget in steps, the same "
-                 "for every method (default 300; --quick 10)")
+                 "for every method (default 150; --quick 10)")
   p.add_argument("--base_steps", type=int, default=None,
-                 help="steps of the dense base run (default 600; --quick 20)")
+                 help="steps of the dense base run (default 120; --quick 20)")
   p.add_argument("--no_progress", action="store_true", help="no progress bars (phase lines only)")
   return p.parse_args(argv)
 
@@ -382,8 +408,10 @@ def main(argv=None) -> dict:
   if args.quick and "jax" not in sys.modules and "xla_backend_optimization_level" not in \
       os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + QUICK_XLA_FLAGS).strip()
-  s = Settings.make(args.quick, seed=args.seed, original=args.original, new=args.new,
-                    steps=args.steps, base_steps=args.base_steps)
+  n = args.num_seeds if args.num_seeds is not None else (1 if args.quick else 3)
+  s = Settings.make(args.quick, seeds=tuple(range(args.seed, args.seed + max(n, 0))),
+                    original=args.original, new=args.new, steps=args.steps,
+                    base_steps=args.base_steps)
   try:
     return run(s, args.workdir, progress=not args.no_progress and sys.stderr.isatty())
   except ExperimentError as e:
