@@ -292,6 +292,10 @@ def tradeoff_figure(results: dict, path: str) -> str | None:
          label="new languages: perplexity gain (higher is better)")
   ax.axhline(0, color="black", lw=0.8)
   ax.axhline(100 * FORGETTING_LIMIT, color="tab:red", ls=":", lw=1, label="2% forgetting limit")
+  # Full continual training can lose several hundred percent; a symmetric log scale keeps the
+  # few-percent bars of the other methods readable beside it.
+  if max(abs(100 * r["original_change"]) for r in rows) > 50:
+    ax.set_yscale("symlog", linthresh=10)
   ax.set_xticks(x, [r["method"] for r in rows], fontsize=8)
   ax.set_ylabel("% vs the dense base" + (" (mean ± sd over seeds)" if err("new_gain") else ""))
   ax.set_title("Expansion trade-off: forgetting vs gain per method", fontsize=10)
