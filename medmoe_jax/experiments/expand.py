@@ -379,9 +379,9 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(prog="python -m medmoe_jax.experiments.expand",
                               description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="output directory (report.md, results.json, "
-                 "runs/, eval/, data/); rerunning into it resumes")
-  p.add_argument("--quick", action="store_true", help="tiny model and budget (~2 min): checks "
-                 "that everything runs and the report is written, not the conclusions")
+                 "seed<k>/runs/, seed<k>/eval/, data/); rerunning into it resumes")
+  p.add_argument("--quick", action="store_true", help="tiny model, budget and one seed (2-3 "
+                 "min): checks that everything runs and the report is written, not the conclusions")
   p.add_argument("--seed", type=int, default=0, help="first seed: seeds are seed, seed+1, ... "
                  "(init, data order, eval job)")
   p.add_argument("--num_seeds", type=int, default=None,
