@@ -23,7 +23,8 @@ ways of teaching a trained model new languages:
 
 Everything runs in this process on one device through the Python APIs (Trainer, Evaluator).
 OUT keeps seed<k>/runs/<name>/ (training workdirs), seed<k>/eval/<name>/ (the eval job's
-outputs), data/ (the built sample, shared) and jax_cache/ (compiled programs, shared by the seeds). Running the same command again resumes: finished runs are not retrained.
+outputs), data/ (the built sample, shared) and jax_cache/ (compiled programs, shared by the
+seeds). Running the same command again resumes: finished runs are not retrained.
 """
 from __future__ import annotations
 
@@ -43,9 +44,6 @@ RUNS = (("base", "dense", None),
         ("moe_lpr_stage1", "moe_lpr_stage1", "base"),
         ("moe_lpr_stage2", "moe_lpr_stage2", "moe_lpr_stage1"),
         ("moe_ct", "moe_ct", "base"))
-# Expansion methods -> the run whose model is the method's result.
-METHODS = {"dense_ct": "dense_ct", "post_moe": "post_moe", "moe_lpr": "moe_lpr_stage2",
-           "moe_ct": "moe_ct"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -280,7 +280,8 @@ def tradeoff_figure(results: dict, path: str) -> str | None:
     return None
   x = np.arange(len(rows))
   fig, ax = plt.subplots(figsize=(7.5, 3.8))
-  def err(key):
+
+  def err(key):  # error bars: the sd over seeds (none with one seed)
     sd = [r.get(key + "_sd") for r in rows]
     return None if any(v is None for v in sd) else [100 * v for v in sd]
 
