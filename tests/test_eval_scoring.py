@@ -146,3 +146,20 @@ def test_sharded_scoring_equals_single_device(setup):
   b = np.asarray([x for x, _ in eight.loglikelihood(reqs)])
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
   assert np.std(a) > 0.1
+
+
+def test_heldout_split_is_the_runs_own_validation_split(tmp_path):
+  """Perplexity's held-out text is built from the run's data config (here every 4th record),
+  so it equals the validation split the run held out and shares no record with its train split."""
+  from medmoe_jax.data import corpus
+  from medmoe_jax.evaluation import perplexity
+  c = load_config("post_moe")
+  c.data.validation_every = 4
+  heldout = perplexity.heldout_source(c, str(tmp_path / "eval_data"))
+  run_splits = corpus.load_splits(c, str(tmp_path / "run"), log=lambda *_: None)
+  assert heldout.lang_counts() == run_splits["validation"].lang_counts()
+  texts = lambda src: {src[i]["text"] for i in range(len(src))}
+  assert texts(heldout) == texts(run_splits["validation"])
+  assert not texts(heldout) & texts(run_splits["train"])
+  c.data.validation_every = 10  # the default keeps fewer records back
+  assert len(perplexity.heldout_source(c, str(tmp_path / "eval_data"))) < len(heldout)

@@ -8,32 +8,20 @@ training loss's, on text the model never trained on.
 """
 from __future__ import annotations
 
-import glob
 import math
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 
-def corpus_files(run_config) -> list[str]:
-  """The run's corpus files (config.data.sources: "sample" or comma-separated paths/globs)."""
-  from medmoe_jax.data import sources
-  if run_config.data.sources == "sample":
-    return sources.sample_files()
-  files = []
-  for pattern in [p.strip() for p in str(run_config.data.sources).split(",") if p.strip()]:
-    found = sorted(glob.glob(os.path.expanduser(pattern)))
-    if not found:
-      raise FileNotFoundError(f"the run's config.data.sources: {pattern!r} matches no file")
-    files.extend(found)
-  return files
-
-
 def heldout_source(run_config, data_dir: str):
-  """The validation split (built once as ArrayRecord under data_dir, reused after)."""
-  from medmoe_jax.data import sources
-  return sources.build_text_source(corpus_files(run_config), data_dir, "medmoe_text")["validation"]
+  """The run's validation split, built under data_dir (reused when already built) by the same
+  code and settings as training's: the run's `data.sources` specs, `data.validation_every` and
+  language detection. Rebuilding it any other way could hand the eval text the run trained on."""
+  from medmoe_jax.data import corpus
+  c = run_config.copy_and_resolve_references()
+  c.data.data_dir = data_dir
+  return corpus.load_splits(c, data_dir)["validation"]
 
 
 def target_weights(batch: dict) -> np.ndarray:
