@@ -40,7 +40,7 @@ def model_flops_per_token(spec, seq: int) -> float:
   return 6 * active + attention
 
 
-def ours(dense: bool, batch: int, seq: int, backend: str):
+def ours(dense: bool, batch: int, seq: int, backend: str, scan_unroll: int = 1):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -49,6 +49,7 @@ def ours(dense: bool, batch: int, seq: int, backend: str):
   from medmoe_jax.training.step import LossWeights, init_train_state, make_train_step
   c = cfg_lib.base_config()
   c.model.update(SHAPE)
+  c.model.scan_unroll = scan_unroll
   c.moe.update(dict(layers="none" if dense else f"last:{MOE_LAST}", num_experts=NUM_EXPERTS,
                     top_k=TOP_K, backend=backend))
   if dense:
@@ -116,6 +117,8 @@ def main():
   p.add_argument("--reps", type=int, default=5, help="alternating repetitions")
   p.add_argument("--steps", type=int, default=3, help="train steps per timed repetition")
   p.add_argument("--backend", default="auto", help="our MoE backend")
+  p.add_argument("--scan_unroll", type=int, default=1,
+                 help="our config.model.scan_unroll (1: rolled scan, the default; 0: unrolled)")
   p.add_argument("--threads", type=int, default=os.cpu_count(),
                  help="compute threads on both sides: all cores, or 1 (XLA single-threaded, "
                       "torch.set_num_threads(1))")
@@ -129,7 +132,7 @@ def main():
     single_thread_env()
   use_clock(args.clock)
 
-  spec, our_run = ours(args.dense, args.batch, args.seq, args.backend)
+  spec, our_run = ours(args.dense, args.batch, args.seq, args.backend, args.scan_unroll)
   # HF's "batched_mm" gathers each token's expert weights ([tokens*k, d, f]: 8.6 GB at this
   # shape) and is OOM-killed on a 24 GB machine; it is meant for small decode batches.
   impls = ["eager"] if args.dense else ["eager", "grouped_mm"]
@@ -169,6 +172,7 @@ def main():
       "hf_experts_impl": best_hf,
       "hf_all_tokens_per_sec": {k: tokens / med[k] for k in hf_runs},
       "our_backend": args.backend,
+      "scan_unroll": args.scan_unroll,
       "threads": args.threads,
       "clock": args.clock,
       "step_seconds": {k: round(v, 3) for k, v in med.items()},

@@ -56,6 +56,7 @@ class ModelSpec:
   dtype: str = "float32"        # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of parameters
   remat: Literal["none", "full", "save_dots"] = "none"
+  scan_unroll: int = 1          # layers per scan iteration; 0 = fully unrolled
   # Homogeneous runs of blocks, each run executed as one scan: ((kind, count), ...).
   segments: tuple[tuple[SegmentKind, int], ...] = (("dense", 2), ("moe", 2))
   moe: MoESpec = dataclasses.field(default_factory=MoESpec)

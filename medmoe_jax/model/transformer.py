@@ -95,6 +95,7 @@ class Segment(nnx.Module):
 
   def __init__(self, spec: ModelSpec, kind: str, count: int, *, rngs: nnx.Rngs):
     self.kind, self.count, self.remat = kind, count, spec.remat
+    self.unroll = count if spec.scan_unroll == 0 else min(spec.scan_unroll, count)
     block_kind = "moe" if kind == "appended" else kind
 
     @nnx.split_rngs(splits=count)
@@ -117,7 +118,7 @@ class Segment(nnx.Module):
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
       body = nnx.remat(body, policy=policy)
-    scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0))
+    scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0), unroll=self.unroll)
     y, aux = scan(x, self.blocks, keys)
     if self.kind == "appended":
       y = self.fusion(x, y)
