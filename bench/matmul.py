@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import machine_info, single_thread_env, use_clock  # noqa: E402
+from bench.common import best_seconds, machine_info, single_thread_env, use_clock  # noqa: E402
 
 SHAPES = ((2048, 2048, 2048), (4096, 256, 1024), (4096, 1024, 256), (256, 4096, 1024),
           (4096, 256, 8000), (4096, 8000, 256), (8000, 4096, 256))
@@ -35,18 +35,11 @@ def main():
   import jax
   import jax.numpy as jnp
   import torch
-  from bench import common
   torch.set_num_threads(args.threads)
-  clock = common._CLOCK[0]  # pylint: disable=protected-access
 
   def best(fn):
-    fn()
-    times = []
-    for _ in range(args.reps):
-      t = clock()
-      fn()
-      times.append(clock() - t)
-    return min(times)
+    fn()  # warm-up (compiles the jitted side)
+    return best_seconds(fn, args.reps)
 
   print(json.dumps({**machine_info(), "torch": torch.__version__, "threads": args.threads}))
   for m, k, n in SHAPES:

@@ -20,14 +20,13 @@ one thread it is what the computation costs, whatever else runs:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import machine_info, seconds, use_clock  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -47,13 +46,8 @@ BACKENDS = {
 }
 
 
-CLOCK = time.perf_counter
-
-
 def _timed(f, *args):
-  t = CLOCK()
-  jax.block_until_ready(f(*args))
-  return CLOCK() - t
+  return seconds(lambda: jax.block_until_ready(f(*args)))
 
 
 def dense_equiv_fn(top_k: int):
@@ -113,14 +107,6 @@ def run_one(name, num_experts, args, dense, dense_args):
   return out
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--experts", default="4,7,8,16,32,64")
@@ -138,16 +124,13 @@ def main():
                  help="wall: elapsed time; cpu: process CPU time (see above)")
   p.add_argument("--info", action="store_true", help="print machine and versions first")
   args = p.parse_args()
-  global CLOCK
-  CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+  use_clock(args.clock)
   if args.tokens % args.seq:
     p.error(f"--tokens={args.tokens} must be a multiple of --seq={args.seq}")
   if args.info:
     import flax
-    print(json.dumps(dict(platform=jax.default_backend(), devices=str(jax.devices()),
-                          cpu=_cpu_model(), jax=jax.__version__,
-                          flax=flax.__version__, python=platform.python_version(),
-                          date=time.strftime("%Y-%m-%d"), cores=os.cpu_count(), clock=args.clock,
+    print(json.dumps(dict(machine_info(), devices=str(jax.devices()), flax=flax.__version__,
+                          python=platform.python_version(), clock=args.clock,
                           xla_flags=os.environ.get("XLA_FLAGS", ""))), flush=True)
   r = np.random.RandomState(0)
   x = jnp.asarray(r.randn(args.tokens, args.d_model), jnp.float32)

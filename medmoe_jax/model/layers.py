@@ -101,7 +101,7 @@ def cached_attention_mask(segment_ids, cache_segment_ids, index):
 def query_blocks(seq: int) -> int:
   """How many query blocks `causal_attention` splits a sequence into: 4 where each block keeps at
   least 64 queries (fewer blocks otherwise), so the matmuls stay large."""
-  return next(n for n in (4, 2, 1) if seq % n == 0 and seq // n >= 64 or n == 1)
+  return next(n for n in (4, 2, 1) if n == 1 or (seq % n == 0 and seq // n >= 64))
 
 
 def causal_attention(q, k, v, mask):
