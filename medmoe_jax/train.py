@@ -6,7 +6,6 @@ laptop CPU in minutes. Running the same command again resumes from the last chec
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -113,7 +112,7 @@ class Trainer:
     from medmoe_jax import sharding
     from medmoe_jax.checkpoint import abstract_with_shardings
     from medmoe_jax.model import Transformer
-    from medmoe_jax.training import faults, optim, step as step_lib
+    from medmoe_jax.training import optim, step as step_lib
 
     c = self.config
     cfg_lib.validate(c, self.mesh.size if self.mesh is not None else jax.device_count())
