@@ -93,6 +93,24 @@ def test_grouped_swiglu_matches_per_row_reference(impl):
     np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
+def test_chunk_plan_covers_each_group_with_few_chunks():
+  r = np.random.RandomState(0)
+  sizes = np.concatenate([[0, 8, 512, 520, 1016, 248, 264], r.randint(0, 200, 40) * 8])
+  starts = np.cumsum(sizes) - sizes
+  chunk_sizes, table = gmm._chunk_plan(jnp.asarray(starts, jnp.int32),
+                                       jnp.asarray(sizes, jnp.int32), int(sizes.sum()))
+  table = np.asarray(table)
+  for e, (start, n) in enumerate(zip(starts, sizes)):
+    chunks = [(int(table[e, 2 * i]) + j * s, s) for i, s in enumerate(chunk_sizes)
+              for j in range(int(table[e, 2 * i + 1]))]
+    rows = [row for row, _ in chunks]
+    assert rows == sorted(rows) and rows[:1] in ([], [start])
+    assert all(a + s == b for (a, s), (b, _) in zip(chunks, chunks[1:]))   # contiguous
+    covered = sum(s for _, s in chunks)
+    assert n <= covered < n + max(n % 512, 8) / 2 + 8, (n, chunks)         # overshoot < half
+    assert len(chunks) <= n // 512 + 2
+
+
 def test_chunked_needs_aligned_groups():
   x, w, layout, _, _ = _grouped_case([3, 5])
   with pytest.raises(ValueError, match="align"):

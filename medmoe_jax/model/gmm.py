@@ -8,11 +8,12 @@
               over ALL rows, masked, so its cost grows linearly with the expert count.
   megablox    the Pallas TPU grouped matmul (jax.experimental.pallas.ops.tpu.megablox), with its
               own custom VJP (gmm / tgmm). Off TPU it only runs in Pallas interpret mode (tests).
-  chunked     for CPU: each group is cut into power-of-two chunks (CHUNK_SIZES, 512 down to 8
-              rows, largest first: the binary decomposition of its size), and each chunk is one ordinary matmul inside a `lax.while_loop` whose trip count is
-              the number of chunks the group actually has. Work is sum_e round_up(n_e, 8) rows,
-              independent of the expert count, and each matmul is as large as the group allows.
-              Loops are not differentiable, so the VJP is written out (same chunks, backwards).
+  chunked     for CPU: each group is cut into power-of-two row chunks (CHUNK_SIZES, 512 down to
+              8: chunks of 512, then at most two for the rest), and each chunk is one ordinary
+              matmul inside a `lax.while_loop` whose trip count is the number of chunks the
+              group actually has. Work is about sum_e n_e rows, independent of the expert
+              count, and each matmul is as large as the group allows. Loops are not
+              differentiable, so the VJP is written out (same chunks, backwards).
 """
 from __future__ import annotations
 
@@ -199,59 +200,92 @@ def _megablox_swiglu(xb, wg, wu, wd, sizes):
 #
 # A scan over experts; for expert e, a few while loops (one per chunk size, trip count = how many
 # chunks of that size its group needs) each run plain matmuls on row chunks. The expert's weights
-# are sliced once per expert, its weight gradients accumulate in [D, F] loop carries that stay in
-# cache and leave the scan as its stacked outputs: no [E, D, F] zero-fill and no scattered
-# accumulation. The backward pass recomputes the gate/up activations per chunk instead of
-# keeping two [rows, F] buffers: on CPU, allocating and filling those costs more than the two
-# extra matmuls (BENCHMARKS.md).
+# are sliced once per expert (gate and up side by side, so each chunk does one [s, D] x [D, 2F]
+# matmul instead of two), its weight gradients accumulate in loop carries that stay in cache and
+# leave the scan as its stacked outputs: no scattered accumulation into an [E, D, F] buffer.
+# The backward pass recomputes the gate/up activations per chunk instead of keeping two
+# [rows, F] buffers: on CPU, allocating and filling those costs more than the extra matmul.
+#
+# Fewer ops matter more than exact row counts: every op in the loops has a fixed cost (loop
+# bookkeeping, thread-pool hand-off), and with 64 experts the exact binary decomposition issued
+# 4x more matmuls than with 8 for the same FLOPs (BENCHMARKS.md "MoE layer"). So a group of n
+# rows is covered by n // 512 chunks of 512, then at most two chunks for the remainder r: the
+# largest power of two h <= r, and r - h rounded up to a power of two (less than r / 2 rows of
+# overshoot). The last chunk may run past the group's end into the next group's rows. That is
+# harmless because experts run in row order: in the forward pass the next expert overwrites
+# those rows later; in the backward pass the chunk's output gradient is masked to zero past the
+# group's end, so those rows add nothing to this expert's weight gradients, and their input
+# gradient (zero) is overwritten the same way. Past the last group the rows are zero, and so is
+# what the kernel writes there.
 
 
-def _chunk_counts(sizes, num_rows: int):
-  """For each usable chunk size s (largest first): (s, count [E], offset [E]) where group e has
-  count[e] chunks of size s starting at row offset[e] inside the group."""
+def _chunk_plan(starts, sizes, num_rows: int):
+  """The chunks of every group (see above), as (chunk sizes, largest first; table [E, 2 x sizes]
+  int32: per expert and size, the first row and the number of chunks of that size). Computed
+  once for all experts, so the per-expert loop body does no index arithmetic of its own."""
   usable = [s for s in CHUNK_SIZES if s <= num_rows] or [CHUNK_SIZES[-1]]
-  plan, rest, offset = [], sizes, jnp.zeros_like(sizes)
-  for s in usable:
-    count = rest // s
-    plan.append((s, count, offset))
-    rest = rest - count * s
-    offset = offset + count * s
-  return plan
+  big, small = usable[0], usable[1:]
+  full = sizes // big
+  rest = sizes - full * big
+  first = jnp.zeros_like(sizes)                  # largest power of two <= rest (0 if none)
+  for s in small:
+    first = jnp.where((first == 0) & (rest >= s), s, first)
+  second = jnp.zeros_like(sizes)                 # smallest power of two >= what is left
+  for s in reversed(small):
+    second = jnp.where((second == 0) & (rest > first) & (rest - first <= s), s, second)
+  columns, row = [starts, full], starts + full * big
+  for s in small:
+    count = (first == s).astype(sizes.dtype) + (second == s).astype(sizes.dtype)
+    columns += [row, count]
+    row = row + count * s
+  return tuple(usable), jnp.stack(columns, axis=1).astype(jnp.int32)
 
 
-def _over_experts(plan, starts, e, carry, body_for):
-  """Run body(carry, row) over every chunk of expert e, one while loop per chunk size."""
-  for s, count, offset in plan:
-    base = starts[e] + offset[e]
-    body = body_for(s)
-    carry = lax.fori_loop(0, count[e], lambda i, c, body=body, base=base, s=s:
-                          body(c, base + i * s), carry)
+def _over_chunks(chunk_sizes, info, carry, body_for):
+  """Run body(carry, row) over every chunk of one expert; info: its row of the plan table."""
+  for i, s in enumerate(chunk_sizes):
+    row, count, body = info[2 * i], info[2 * i + 1], body_for(s)
+    carry = lax.fori_loop(0, count, lambda j, c, row=row, s=s, body=body: body(c, row + j * s),
+                          carry)
   return carry
 
 
-def _chunked_forward(x, wg, wu, wd, starts, sizes):
-  plan = _chunk_counts(sizes, x.shape[0])
+def _pad_rows(a, n):
+  """n zero rows at the end, so a chunk that overshoots the last group is never clamped back."""
+  return jnp.pad(a, ((0, n), (0, 0)))
 
-  def per_expert(y, e):
-    g_e, u_e, d_e = wg[e], wu[e], wd[e]
+
+def _gate_up(wg, wu, e):
+  return jnp.concatenate([wg[e], wu[e]], axis=1)   # [D, 2F]
+
+
+def _chunked_forward(x, wg, wu, wd, starts, sizes):
+  m, f = x.shape[0], wg.shape[-1]
+  chunk_sizes, table = _chunk_plan(starts, sizes, m)
+  xp = _pad_rows(x, chunk_sizes[0])
+
+  def per_expert(y, e_info):
+    e, info = e_info
+    gu_e, d_e = _gate_up(wg, wu, e), wd[e]
 
     def body_for(s):
       def body(y, row):
-        xb = lax.dynamic_slice_in_dim(x, row, s)
-        yb = (jax.nn.silu(xb @ g_e) * (xb @ u_e)) @ d_e
+        gu = lax.dynamic_slice_in_dim(xp, row, s) @ gu_e
+        yb = (jax.nn.silu(gu[:, :f]) * gu[:, f:]) @ d_e
         return lax.dynamic_update_slice_in_dim(y, yb.astype(y.dtype), row, 0)
       return body
 
-    return _over_experts(plan, starts, e, y, body_for), None
+    return _over_chunks(chunk_sizes, info, y, body_for), None
 
-  y0 = _varying_like(jnp.zeros(x.shape, x.dtype), x, wg, wu, wd, starts, sizes)
-  return lax.scan(per_expert, y0, jnp.arange(wg.shape[0]))[0]
+  y0 = _varying_like(jnp.zeros(xp.shape, x.dtype), x, wg, wu, wd, starts, sizes)
+  return lax.scan(per_expert, y0, (jnp.arange(wg.shape[0]), table))[0][:m]
 
 
 @jax.custom_vjp
 def chunked_swiglu(x, wg, wu, wd, starts, sizes):
-  """x: [M, D] sorted rows; wg, wu: [E, D, F]; wd: [E, F, D]; starts, sizes: [E] int32 with
-  sizes multiples of 8 and groups inside [0, M). Returns [M, D], zero outside the groups."""
+  """x: [M, D] sorted rows, zero outside the groups; wg, wu: [E, D, F]; wd: [E, F, D]; starts,
+  sizes: [E] int32, groups in increasing row order inside [0, M), sizes multiples of 8.
+  Returns [M, D], zero outside the groups."""
   return _chunked_forward(x, wg, wu, wd, starts, sizes)
 
 
@@ -261,38 +295,42 @@ def _chunked_vjp_fwd(x, wg, wu, wd, starts, sizes):
 
 def _chunked_vjp_bwd(res, dy):
   x, wg, wu, wd, starts, sizes = res
-  plan = _chunk_counts(sizes, x.shape[0])
+  m, f = x.shape[0], wg.shape[-1]
+  chunk_sizes, table = _chunk_plan(starts, sizes, m)
+  xp, dyp = _pad_rows(x, chunk_sizes[0]), _pad_rows(dy.astype(x.dtype), chunk_sizes[0])
   acc = jnp.float32  # weight gradients accumulate over chunks: keep them in float32
   refs = (x, wg, wu, wd, starts, sizes, dy)
 
-  def per_expert(dx, e):
-    g_e, u_e, d_e = wg[e], wu[e], wd[e]
+  def per_expert(dx, e_info):
+    e, info = e_info
+    gu_e, d_e = _gate_up(wg, wu, e), wd[e]
+    end = starts[e] + sizes[e]
 
     def body_for(s):
       def body(carry, row):
-        dx, dg_e, du_e, dd_e = carry
-        xb = lax.dynamic_slice_in_dim(x, row, s)
-        dyb = lax.dynamic_slice_in_dim(dy, row, s).astype(x.dtype)
-        g, u = xb @ g_e, xb @ u_e
+        dx, dgu_e, dd_e = carry
+        xb = lax.dynamic_slice_in_dim(xp, row, s)
+        inside = (row + lax.broadcasted_iota(jnp.int32, (s, 1), 0)) < end
+        dyb = jnp.where(inside, lax.dynamic_slice_in_dim(dyp, row, s), 0)
+        gu = xb @ gu_e
+        g, u = gu[:, :f], gu[:, f:]
         sig = jax.nn.sigmoid(g)
         silu = g * sig
         dh = dyb @ d_e.T
-        dg = dh * u * (sig * (1 + g * (1 - sig)))
-        du = dh * silu
-        dxb = dg @ g_e.T + du @ u_e.T
-        return (lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0),
-                dg_e + (xb.T @ dg).astype(acc), du_e + (xb.T @ du).astype(acc),
-                dd_e + ((silu * u).T @ dyb).astype(acc))
+        dgu = jnp.concatenate([dh * u * (sig * (1 + g * (1 - sig))), dh * silu], axis=1)
+        return (lax.dynamic_update_slice_in_dim(dx, (dgu @ gu_e.T).astype(dx.dtype), row, 0),
+                dgu_e + (xb.T @ dgu).astype(acc), dd_e + ((silu * u).T @ dyb).astype(acc))
       return body
 
-    zeros = _varying_like((jnp.zeros(g_e.shape, acc), jnp.zeros(u_e.shape, acc),
-                           jnp.zeros(d_e.shape, acc)), *refs)
-    dx, *dw = _over_experts(plan, starts, e, (dx,) + zeros, body_for)
-    return dx, tuple(dw)
+    zeros = _varying_like((jnp.zeros(gu_e.shape, acc), jnp.zeros(d_e.shape, acc)), *refs)
+    dx, dgu_e, dd_e = _over_chunks(chunk_sizes, info, (dx,) + zeros, body_for)
+    # Split per expert, while it is in cache: slicing the stacked [E, D, 2F] costs a full pass.
+    return dx, (dgu_e[:, :f].astype(wg.dtype), dgu_e[:, f:].astype(wu.dtype),
+                dd_e.astype(wd.dtype))
 
-  dx0 = _varying_like(jnp.zeros(x.shape, x.dtype), *refs)
-  dx, (dwg, dwu, dwd) = lax.scan(per_expert, dx0, jnp.arange(wg.shape[0]))
-  grads = (dx, dwg.astype(wg.dtype), dwu.astype(wu.dtype), dwd.astype(wd.dtype))
+  dx0 = _varying_like(jnp.zeros(xp.shape, x.dtype), *refs)
+  dx, (dwg, dwu, dwd) = lax.scan(per_expert, dx0, (jnp.arange(wg.shape[0]), table))
+  grads = (dx[:m], dwg, dwu, dwd)
   return tuple(_sum_to_type_of(g, p) for g, p in zip(grads, (x, wg, wu, wd))) + (None, None)
 
 
