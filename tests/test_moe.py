@@ -95,20 +95,25 @@ def test_grouped_swiglu_matches_per_row_reference(impl):
 
 def test_chunk_plan_covers_each_group_with_few_chunks():
   r = np.random.RandomState(0)
-  sizes = np.concatenate([[0, 8, 512, 520, 1016, 248, 264], r.randint(0, 200, 40) * 8])
+  sizes = np.concatenate([[0, 8, 512, 520, 1016, 248, 264, 24], r.randint(0, 200, 40) * 8])
   starts = np.cumsum(sizes) - sizes
   chunk_sizes, table = gmm._chunk_plan(jnp.asarray(starts, jnp.int32),
                                        jnp.asarray(sizes, jnp.int32), int(sizes.sum()))
   table = np.asarray(table)
   for e, (start, n) in enumerate(zip(starts, sizes)):
-    chunks = [(int(table[e, 2 * i]) + j * s, s) for i, s in enumerate(chunk_sizes)
-              for j in range(int(table[e, 2 * i + 1]))]
-    rows = [row for row, _ in chunks]
-    assert rows == sorted(rows) and rows[:1] in ([], [start])
-    assert all(a + s == b for (a, s), (b, _) in zip(chunks, chunks[1:]))   # contiguous
-    covered = sum(s for _, s in chunks)
-    assert n <= covered < n + max(n % 512, 8) / 2 + 8, (n, chunks)         # overshoot < half
+    chunks, new_rows = [], 0
+    for i, s in enumerate(chunk_sizes):
+      base, count, moved = table[e, 3 * i:3 * i + 3]
+      for j in range(count):
+        row = start + n - s if moved and j == count - 1 else base + j * s
+        chunks.append((int(row), s))
+        new_rows += s - max(0, int(base + j * s - row))   # rows before `new` are an overlap
+    assert all(start <= row and row + s <= start + n for row, s in chunks), (n, chunks)
+    covered = set().union(*(range(row, row + s) for row, s in chunks)) if chunks else set()
+    assert covered == set(range(start, start + n)), (n, chunks)
+    assert new_rows == n                                    # weight gradients count each row once
     assert len(chunks) <= n // 512 + 2
+    assert sum(s for _, s in chunks) - n < max(n % 512, 8) / 2 + 8   # overlap < half the rest
 
 
 def test_chunked_needs_aligned_groups():

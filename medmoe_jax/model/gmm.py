@@ -210,19 +210,17 @@ def _megablox_swiglu(xb, wg, wu, wd, sizes):
 # bookkeeping, thread-pool hand-off), and with 64 experts the exact binary decomposition issued
 # 4x more matmuls than with 8 for the same FLOPs (BENCHMARKS.md "MoE layer"). So a group of n
 # rows is covered by n // 512 chunks of 512, then at most two chunks for the remainder r: the
-# largest power of two h <= r, and r - h rounded up to a power of two (less than r / 2 rows of
-# overshoot). The last chunk may run past the group's end into the next group's rows. That is
-# harmless because experts run in row order: in the forward pass the next expert overwrites
-# those rows later; in the backward pass the chunk's output gradient is masked to zero past the
-# group's end, so those rows add nothing to this expert's weight gradients, and their input
-# gradient (zero) is overwritten the same way. Past the last group the rows are zero, and so is
-# what the kernel writes there.
+# largest power of two h <= r, and r - h rounded up to a power of two. That last chunk is moved
+# back to end at the group's end, so it overlaps rows the chunk before it already did (fewer than
+# r / 2). Every chunk stays inside its group: the overlap rows are computed twice, bit for bit
+# the same, in the forward pass and for the input gradient; the weight gradients skip them.
 
 
 def _chunk_plan(starts, sizes, num_rows: int):
-  """The chunks of every group (see above), as (chunk sizes, largest first; table [E, 2 x sizes]
-  int32: per expert and size, the first row and the number of chunks of that size). Computed
-  once for all experts, so the per-expert loop body does no index arithmetic of its own."""
+  """The chunks of every group (see above), as (chunk sizes, largest first; table [E, 3 x sizes]
+  int32: per expert and size, the first row, the number of chunks of that size, and 1 if the
+  last of them is moved back to end at the group's end). Computed once for all experts, so the
+  per-expert loop body does no index arithmetic of its own."""
   usable = [s for s in CHUNK_SIZES if s <= num_rows] or [CHUNK_SIZES[-1]]
   big, small = usable[0], usable[1:]
   full = sizes // big
@@ -233,26 +231,29 @@ def _chunk_plan(starts, sizes, num_rows: int):
   second = jnp.zeros_like(sizes)                 # smallest power of two >= what is left
   for s in reversed(small):
     second = jnp.where((second == 0) & (rest > first) & (rest - first <= s), s, second)
-  columns, row = [starts, full], starts + full * big
+  zero = jnp.zeros_like(sizes)
+  columns, row = [starts, full, zero], starts + full * big
   for s in small:
     count = (first == s).astype(sizes.dtype) + (second == s).astype(sizes.dtype)
-    columns += [row, count]
+    columns += [row, count, (second == s).astype(sizes.dtype)]
     row = row + count * s
   return tuple(usable), jnp.stack(columns, axis=1).astype(jnp.int32)
 
 
-def _over_chunks(chunk_sizes, info, carry, body_for):
-  """Run body(carry, row) over every chunk of one expert; info: its row of the plan table."""
+def _over_chunks(chunk_sizes, info, end, carry, body_for):
+  """Run body(carry, row, new) over every chunk of one expert (info: its row of the plan table;
+  end: one past its group's last row): the chunk is rows [row, row + s), of which those from
+  `new` on are not in an earlier chunk."""
   for i, s in enumerate(chunk_sizes):
-    row, count, body = info[2 * i], info[2 * i + 1], body_for(s)
-    carry = lax.fori_loop(0, count, lambda j, c, row=row, s=s, body=body: body(c, row + j * s),
-                          carry)
+    base, count, moved, body = info[3 * i], info[3 * i + 1], info[3 * i + 2], body_for(s)
+
+    def step(j, c, base=base, count=count, moved=moved, body=body, s=s):
+      new = base + j * s
+      last_moved = (moved == 1) & (j == count - 1)
+      return body(c, jnp.where(last_moved, end - s, new), new)
+
+    carry = lax.fori_loop(0, count, step, carry)
   return carry
-
-
-def _pad_rows(a, n):
-  """n zero rows at the end, so a chunk that overshoots the last group is never clamped back."""
-  return jnp.pad(a, ((0, n), (0, 0)))
 
 
 def _gate_up(wg, wu, e):
@@ -260,25 +261,24 @@ def _gate_up(wg, wu, e):
 
 
 def _chunked_forward(x, wg, wu, wd, starts, sizes):
-  m, f = x.shape[0], wg.shape[-1]
-  chunk_sizes, table = _chunk_plan(starts, sizes, m)
-  xp = _pad_rows(x, chunk_sizes[0])
+  f = wg.shape[-1]
+  chunk_sizes, table = _chunk_plan(starts, sizes, x.shape[0])
 
   def per_expert(y, e_info):
     e, info = e_info
     gu_e, d_e = _gate_up(wg, wu, e), wd[e]
 
     def body_for(s):
-      def body(y, row):
-        gu = lax.dynamic_slice_in_dim(xp, row, s) @ gu_e
+      def body(y, row, _):  # overlap rows are rewritten with the same values
+        gu = lax.dynamic_slice_in_dim(x, row, s) @ gu_e
         yb = (jax.nn.silu(gu[:, :f]) * gu[:, f:]) @ d_e
         return lax.dynamic_update_slice_in_dim(y, yb.astype(y.dtype), row, 0)
       return body
 
-    return _over_chunks(chunk_sizes, info, y, body_for), None
+    return _over_chunks(chunk_sizes, info, starts[e] + sizes[e], y, body_for), None
 
-  y0 = _varying_like(jnp.zeros(xp.shape, x.dtype), x, wg, wu, wd, starts, sizes)
-  return lax.scan(per_expert, y0, (jnp.arange(wg.shape[0]), table))[0][:m]
+  y0 = _varying_like(jnp.zeros(x.shape, x.dtype), x, wg, wu, wd, starts, sizes)
+  return lax.scan(per_expert, y0, (jnp.arange(wg.shape[0]), table))[0]
 
 
 @jax.custom_vjp
@@ -295,23 +295,22 @@ def _chunked_vjp_fwd(x, wg, wu, wd, starts, sizes):
 
 def _chunked_vjp_bwd(res, dy):
   x, wg, wu, wd, starts, sizes = res
-  m, f = x.shape[0], wg.shape[-1]
-  chunk_sizes, table = _chunk_plan(starts, sizes, m)
-  xp, dyp = _pad_rows(x, chunk_sizes[0]), _pad_rows(dy.astype(x.dtype), chunk_sizes[0])
+  f = wg.shape[-1]
+  chunk_sizes, table = _chunk_plan(starts, sizes, x.shape[0])
+  dy = dy.astype(x.dtype)
   acc = jnp.float32  # weight gradients accumulate over chunks: keep them in float32
   refs = (x, wg, wu, wd, starts, sizes, dy)
 
   def per_expert(dx, e_info):
     e, info = e_info
     gu_e, d_e = _gate_up(wg, wu, e), wd[e]
-    end = starts[e] + sizes[e]
 
     def body_for(s):
-      def body(carry, row):
+      def body(carry, row, new):
         dx, dgu_e, dd_e = carry
-        xb = lax.dynamic_slice_in_dim(xp, row, s)
-        inside = (row + lax.broadcasted_iota(jnp.int32, (s, 1), 0)) < end
-        dyb = jnp.where(inside, lax.dynamic_slice_in_dim(dyp, row, s), 0)
+        xb = lax.dynamic_slice_in_dim(x, row, s)
+        dyb = lax.dynamic_slice_in_dim(dy, row, s)
+        fresh = (row + lax.broadcasted_iota(jnp.int32, (s, 1), 0)) >= new  # not done before
         gu = xb @ gu_e
         g, u = gu[:, :f], gu[:, f:]
         sig = jax.nn.sigmoid(g)
@@ -319,18 +318,20 @@ def _chunked_vjp_bwd(res, dy):
         dh = dyb @ d_e.T
         dgu = jnp.concatenate([dh * u * (sig * (1 + g * (1 - sig))), dh * silu], axis=1)
         return (lax.dynamic_update_slice_in_dim(dx, (dgu @ gu_e.T).astype(dx.dtype), row, 0),
-                dgu_e + (xb.T @ dgu).astype(acc), dd_e + ((silu * u).T @ dyb).astype(acc))
+                dgu_e + (jnp.where(fresh, xb, 0).T @ dgu).astype(acc),
+                dd_e + ((silu * u).T @ jnp.where(fresh, dyb, 0)).astype(acc))
       return body
 
     zeros = _varying_like((jnp.zeros(gu_e.shape, acc), jnp.zeros(d_e.shape, acc)), *refs)
-    dx, dgu_e, dd_e = _over_chunks(chunk_sizes, info, (dx,) + zeros, body_for)
+    dx, dgu_e, dd_e = _over_chunks(chunk_sizes, info, starts[e] + sizes[e], (dx,) + zeros,
+                                   body_for)
     # Split per expert, while it is in cache: slicing the stacked [E, D, 2F] costs a full pass.
     return dx, (dgu_e[:, :f].astype(wg.dtype), dgu_e[:, f:].astype(wu.dtype),
                 dd_e.astype(wd.dtype))
 
-  dx0 = _varying_like(jnp.zeros(xp.shape, x.dtype), *refs)
+  dx0 = _varying_like(jnp.zeros(x.shape, x.dtype), *refs)
   dx, (dwg, dwu, dwd) = lax.scan(per_expert, dx0, (jnp.arange(wg.shape[0]), table))
-  grads = (dx[:m], dwg, dwu, dwd)
+  grads = (dx, dwg, dwu, dwd)
   return tuple(_sum_to_type_of(g, p) for g, p in zip(grads, (x, wg, wu, wd))) + (None, None)
 
 
