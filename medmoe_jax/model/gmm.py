@@ -201,7 +201,7 @@ def _megablox_swiglu(xb, wg, wu, wd, sizes):
 # A scan over experts; for expert e, a few while loops (one per chunk size, trip count = how many
 # chunks of that size its group needs) each run plain matmuls on row chunks. The expert's weights
 # are sliced once per expert (gate and up side by side, so each chunk does one [s, D] x [D, 2F]
-# matmul instead of two), its weight gradients accumulate in loop carries that stay in cache and
+# matmul instead of two, and one for their weight gradient), its weight gradients accumulate in loop carries that stay in cache and
 # leave the scan as its stacked outputs: no scattered accumulation into an [E, D, F] buffer.
 # The backward pass recomputes the gate/up activations per chunk instead of keeping two
 # [rows, F] buffers: on CPU, allocating and filling those costs more than the extra matmul.
@@ -317,7 +317,10 @@ def _chunked_vjp_bwd(res, dy):
         silu = g * sig
         dh = dyb @ d_e.T
         dgu = jnp.concatenate([dh * u * (sig * (1 + g * (1 - sig))), dh * silu], axis=1)
-        return (lax.dynamic_update_slice_in_dim(dx, (dgu @ gu_e.T).astype(dx.dtype), row, 0),
+        # Two matmuls of depth F, not one of depth 2F: XLA:CPU's result for the deeper one
+        # changed with the process layout (1e-7; tests/test_multihost.py caught it).
+        dxb = dgu[:, :f] @ gu_e[:, :f].T + dgu[:, f:] @ gu_e[:, f:].T
+        return (lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0),
                 dgu_e + (jnp.where(fresh, xb, 0).T @ dgu).astype(acc),
                 dd_e + ((silu * u).T @ jnp.where(fresh, dyb, 0)).astype(acc))
       return body
