@@ -51,24 +51,23 @@ def main():
   import jax.numpy as jnp
   import numpy as np
 
+  from bench.moe_layer import dense_equiv_fn
+
   trees = args.trees.split(",")
   kernels = [load_gmm(t, f"gmm_{i}") for i, t in enumerate(trees)]
   k, d, f, t = args.top_k, args.d_model, args.d_ff, args.tokens
   r = np.random.RandomState(0)
-
-  def dense_loss(x, *w):
-    y = sum((jax.nn.silu(x @ w[3 * i]) * (x @ w[3 * i + 1])) @ w[3 * i + 2] for i in range(k))
-    return jnp.sum(y * y)
-
-  dense = jax.jit(jax.grad(dense_loss, argnums=tuple(range(1 + 3 * k))))
-  xd = jnp.asarray(r.randn(t, d), jnp.float32)
-  wd = [jnp.asarray(r.randn(*s) * 0.05, jnp.float32) for s in ((d, f), (d, f), (f, d))] * k
+  dense = dense_equiv_fn(k)
+  dense_params = [tuple(jnp.asarray(r.randn(*s) * 0.05, jnp.float32)
+                        for s in ((d, f), (d, f), (f, d))) for _ in range(k)]
+  dense_args = (dense_params, jnp.asarray(r.randn(t, d), jnp.float32),
+                jnp.asarray(r.randn(t, d), jnp.float32))
   print(json.dumps(dict(machine_info(), threads=args.threads, trees=trees)), flush=True)
   for e in [int(v) for v in args.experts.split(",")]:
     layout = kernels[0].sorted_layout(jnp.asarray(r.randint(0, e, t * k), jnp.int32), e, 8)
     x = jnp.asarray(r.randn(layout.num_rows, d), jnp.float32)
     w = [jnp.asarray(r.randn(*s) * 0.05, jnp.float32) for s in ((e, d, f), (e, d, f), (e, f, d))]
-    calls = [(dense, (xd, *wd))]
+    calls = [(dense, dense_args)]
     for g in kernels:
       loss = lambda x, *w, g=g: jnp.sum(g.chunked_swiglu(x, *w, layout.starts, layout.sizes) ** 2)
       calls.append((jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))), (x, *w)))

@@ -256,17 +256,13 @@ def _over_chunks(chunk_sizes, info, end, carry, body_for):
   return carry
 
 
-def _gate_up(wg, wu, e):
-  return jnp.concatenate([wg[e], wu[e]], axis=1)   # [D, 2F]
-
-
 def _chunked_forward(x, wg, wu, wd, starts, sizes):
   f = wg.shape[-1]
   chunk_sizes, table = _chunk_plan(starts, sizes, x.shape[0])
 
   def per_expert(y, e_info):
     e, info = e_info
-    gu_e, d_e = _gate_up(wg, wu, e), wd[e]
+    gu_e, d_e = jnp.concatenate([wg[e], wu[e]], axis=1), wd[e]   # [D, 2F], [F, D]
 
     def body_for(s):
       def body(y, row, _):  # overlap rows are rewritten with the same values
@@ -303,7 +299,8 @@ def _chunked_vjp_bwd(res, dy):
 
   def per_expert(dx, e_info):
     e, info = e_info
-    gu_e, d_e = _gate_up(wg, wu, e), wd[e]
+    g_e, u_e, d_e = wg[e], wu[e], wd[e]
+    gu_e = jnp.concatenate([g_e, u_e], axis=1)   # [D, 2F]
 
     def body_for(s):
       def body(carry, row, new):
@@ -316,10 +313,11 @@ def _chunked_vjp_bwd(res, dy):
         sig = jax.nn.sigmoid(g)
         silu = g * sig
         dh = dyb @ d_e.T
-        dgu = jnp.concatenate([dh * u * (sig * (1 + g * (1 - sig))), dh * silu], axis=1)
+        dg, du = dh * u * (sig * (1 + g * (1 - sig))), dh * silu
         # Two matmuls of depth F, not one of depth 2F: XLA:CPU's result for the deeper one
         # changed with the process layout (1e-7; tests/test_multihost.py caught it).
-        dxb = dgu[:, :f] @ gu_e[:, :f].T + dgu[:, f:] @ gu_e[:, f:].T
+        dxb = dg @ g_e.T + du @ u_e.T
+        dgu = jnp.concatenate([dg, du], axis=1)
         return (lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0),
                 dgu_e + (jnp.where(fresh, xb, 0).T @ dgu).astype(acc),
                 dd_e + ((silu * u).T @ jnp.where(fresh, dyb, 0)).astype(acc))
