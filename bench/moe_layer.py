@@ -4,10 +4,10 @@
   python bench/moe_layer.py --experts=7,64 --backends=auto --reps=5
 
 Prints one JSON object per line: backend, num_experts, top_k, tokens, d_model, d_ff, fwd_bwd_ms
-(the whole MoE block: router, routing, dispatch, experts, combine; gradients for every parameter
-and the input), dense_equiv_ms (top_k SwiGLU FFNs of width d_ff on the same tokens, fwd+bwd,
-measured in the same run, interleaved with the MoE timings so both see the same machine load),
-ratio = fwd_bwd_ms / dense_equiv_ms, plus dropped_fraction and the kernel/capacity used.
+(the whole MoE block: router, routing, dispatch, experts, combine; its output and the gradients
+for every parameter and the input), dense_equiv_ms (top_k SwiGLU FFNs of width d_ff on the same
+tokens, fwd+bwd, output and gradients, measured in the same run, interleaved with the MoE
+timings so both see the same machine load), ratio = fwd_bwd_ms / dense_equiv_ms, plus dropped_fraction and the kernel/capacity used.
 Times are medians over --reps repetitions (each after a warm-up call). Routing is the learned
 router at init (near uniform), no language forcing, so loads are balanced up to sampling noise.
 
@@ -50,16 +50,23 @@ def _timed(f, *args):
   return seconds(lambda: jax.block_until_ready(f(*args)))
 
 
+# Both timed functions return the layer's output with the gradients, as a layer in a network
+# must (the next layer reads it). The loss sum(y * ct) is linear in y, so without that XLA drops
+# the dense FFN's down projection from the forward pass (a third of its forward matmuls), while
+# the MoE cannot drop its own (the router's gradient needs the experts' outputs).
+
+
 def dense_equiv_fn(top_k: int):
-  """top_k SwiGLU FFNs of width d_ff on every token: the MoE's active FLOPs without dispatch."""
+  """top_k SwiGLU FFNs of width d_ff on every token: the MoE's active FLOPs without dispatch.
+  Returns (grads of params and x, y)."""
 
   def loss(params, x, ct):
     y = 0.0
     for wg, wu, wo in params:
       y = y + (jax.nn.silu(x @ wg) * (x @ wu)) @ wo
-    return jnp.sum(y * ct)
+    return jnp.sum(y * ct), y
 
-  return jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
 
 
 def moe_fn(spec: ModelSpec, lang, valid):
@@ -67,7 +74,7 @@ def moe_fn(spec: ModelSpec, lang, valid):
 
   def loss(params, x, ct):
     y, aux = nnx.merge(graphdef, params)(x, lang, valid, train=True)
-    return jnp.sum(y * ct), aux["dropped_fraction"]
+    return jnp.sum(y * ct), (y, aux["dropped_fraction"])
 
   return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
 
@@ -87,7 +94,7 @@ def run_one(name, num_experts, args, dense, dense_args):
   f = moe_fn(spec, lang, valid)
   first = _timed(f, params, x, ct)   # compile + first run
   first = _timed(f, params, x, ct)   # warm
-  dropped = float(f(params, x, ct)[1])  # blocks: nothing may still run when timing starts
+  dropped = float(f(params, x, ct)[1][1])  # blocks: nothing may still run when timing starts
   reps = args.reps if first < args.slow_s else 1
   t_moe, t_dense = [], []
   for _ in range(reps):

@@ -126,7 +126,11 @@ def test_two_processes_equal_one(reference):
   state, data_state, step = t.checkpointer.restore(t.abstract_state)
   t.close()
   assert step == STEPS
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+  # The two layouts sum across devices in different orders, so gradients differ at ~1e-7. Adam
+  # divides each update by the gradient's own size, which turns that into ~1e-6 for parameters
+  # whose gradients are tiny (k_proj's bias: only RoPE keeps its gradient from vanishing). A
+  # sharding or data bug moves parameters by a whole update (lr = 3e-3), far past 1e-5.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                jax.device_get(state.params), ref_params)
 
 

@@ -100,14 +100,17 @@ def to_rows(x, layout: Layout, k: int):
   return _to_rows(x, layout.slot_of_row, layout.rows, k)
 
 
-def from_rows(yb, layout: Layout):
-  """Buffer rows -> slots. yb: [M, D] -> [N, D] (unrouted slots 0)."""
-  return _from_rows(yb, layout.rows, layout.slot_of_row)
+def combine(yb, layout: Layout, weights):
+  """Buffer rows -> tokens, weighted: y[t] = sum_j weights[t, j] * yb[row of slot t*k + j].
+  yb: [M, D]; weights: [T, k] (0 where a slot is unrouted or dropped) -> [T, D] float32."""
+  return _combine(yb, weights.astype(jnp.float32), layout.rows, layout.slot_of_row)
 
 
 # Both moves are gathers, and so are their transposes: a token's k rows are known (`rows`), and
 # a row holds at most one slot (`slot_of_row`). Autodiff would transpose a gather into a
-# scatter-add, several times slower on CPU than the gather.
+# scatter-add, several times slower on CPU than the gather. The combine's backward gathers the
+# output gradient straight into row order, scaled by each row's weight, without an [N, D]
+# per-slot intermediate.
 
 
 def _append_zero_row(a):
@@ -135,20 +138,30 @@ _to_rows.defvjp(_to_rows_fwd, _to_rows_bwd)
 
 
 @jax.custom_vjp
-def _from_rows(yb, rows, slot_of_row):
-  return _append_zero_row(yb)[rows]
+def _combine(yb, w, rows, slot_of_row):
+  t, k = w.shape
+  y_slot = _append_zero_row(yb)[rows].reshape(t, k, -1).astype(jnp.float32)
+  return jnp.sum(y_slot * w[..., None], axis=1)  # elementwise, so the gather fuses into it
 
 
-def _from_rows_fwd(yb, rows, slot_of_row):
-  return _from_rows(yb, rows, slot_of_row), (yb, slot_of_row)
+def _combine_fwd(yb, w, rows, slot_of_row):
+  return _combine(yb, w, rows, slot_of_row), (yb, w, rows, slot_of_row)
 
 
-def _from_rows_bwd(res, dy):
-  yb, slot_of_row = res
-  return _sum_to_type_of(_append_zero_row(dy)[slot_of_row].astype(yb.dtype), yb), None, None
+def _combine_bwd(res, dy):
+  yb, w, rows, slot_of_row = res
+  t, k = w.shape
+  n = rows.shape[0]
+  filled = slot_of_row < n
+  token = jnp.where(filled, slot_of_row // k, t)                      # t: the appended zero row
+  w_row = _append_zero_row(w.reshape(n))[slot_of_row]                   # 0 for empty rows
+  dyb = (_append_zero_row(dy)[token] * w_row[:, None]).astype(yb.dtype)
+  y_slot = _append_zero_row(yb)[rows].reshape(t, k, -1).astype(jnp.float32)
+  dw = jnp.sum(y_slot * dy[:, None, :], axis=-1)
+  return _sum_to_type_of(dyb, yb), _sum_to_type_of(dw, w), None, None
 
 
-_from_rows.defvjp(_from_rows_fwd, _from_rows_bwd)
+_combine.defvjp(_combine_fwd, _combine_bwd)
 
 
 def grouped_swiglu(xb, layout: Layout, wi_gate, wi_up, wo, impl: str):
@@ -330,7 +343,9 @@ def _chunked_vjp_bwd(res, dy):
     return dx, (dgu_e[:, :f].astype(wg.dtype), dgu_e[:, f:].astype(wu.dtype),
                 dd_e.astype(wd.dtype))
 
-  dx0 = _varying_like(jnp.zeros(x.shape, x.dtype), *refs)
+  # -0.0, not 0.0: a different constant from the forward pass's zeros, so XLA does not merge the
+  # two and then copy the shared buffer into each loop's carry (two extra passes over [M, D]).
+  dx0 = _varying_like(jnp.full(x.shape, -0.0, x.dtype), *refs)
   dx, (dwg, dwu, dwd) = lax.scan(per_expert, dx0, (jnp.arange(wg.shape[0]), table))
   grads = (dx, dwg, dwu, dwd)
   return tuple(_sum_to_type_of(g, p) for g, p in zip(grads, (x, wg, wu, wd))) + (None, None)

@@ -124,7 +124,7 @@ def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int,
   pos = jnp.sum((jnp.cumsum(onehot, axis=1) - 1) * onehot, axis=-1)         # [G, kT]
   keep = slot_valid & (pos < c)
   # Buffer row of each slot, expert-major ([E, G, C] rows), slots renumbered token-major
-  # (slot = token * k + choice) as gmm.to_rows / from_rows expect; dropped slots point one past
+  # (slot = token * k + choice) as gmm.to_rows / combine expect; dropped slots point one past
   # the end (a zero row).
   m = e * g_ * c
   row = jnp.where(keep, idx * (g_ * c) + jnp.arange(g_)[:, None] * c + pos, m)
@@ -143,11 +143,9 @@ def capacity_dispatch(x, indices, weights, valid, weights_e, capacity: int,
     ye = swiglu_experts(xe, wi_gate, wi_up, wo)
     ye = jnp.swapaxes(ye.reshape(el, p, g_ * c, d), 0, 1)
     ye = lax.all_to_all(ye, ep.name, 0, 0, tiled=True)
-  y_slot = gmm.from_rows(ye.reshape(m, d), layout).astype(jnp.float32)      # [G*T*k, D]
-  w = jnp.where(keep, jnp.swapaxes(weights, 1, 2).reshape(g_, k * t), 0.0)
-  w = jnp.swapaxes(w.reshape(g_, k, t), 1, 2).reshape(-1)
-  y = jnp.sum((y_slot * w[:, None]).reshape(g_, t, k, d), axis=2)
-  return y.astype(x.dtype), jnp.sum(keep), jnp.sum(slot_valid)
+  keep_tk = jnp.swapaxes(keep.reshape(g_, k, t), 1, 2).reshape(g_ * t, k)
+  y = gmm.combine(ye.reshape(m, d), layout, jnp.where(keep_tk, weights.reshape(g_ * t, k), 0.0))
+  return y.reshape(g_, t, d).astype(x.dtype), jnp.sum(keep), jnp.sum(slot_valid)
 
 
 def dropless_dispatch(x, indices, weights, valid, weights_e, impl: str,
@@ -169,10 +167,8 @@ def dropless_dispatch(x, indices, weights, valid, weights_e, impl: str,
                              gmm.row_multiple_for(impl))
   xb = gmm.to_rows(x.reshape(g_ * t, d), layout, k)                                # [M, D]
   yb = gmm.grouped_swiglu(xb, layout, wi_gate, wi_up, wo, impl)
-  y_slot = gmm.from_rows(yb, layout).astype(jnp.float32)                           # [N, D]
-  w = jnp.where(ok, weights.reshape(n), 0.0)
-  y = jnp.sum((y_slot * w[:, None]).reshape(g_, t, k, d), axis=2)
-  return _reduce_scatter_batch(y, ep).astype(x.dtype), routed, routed
+  y = gmm.combine(yb, layout, jnp.where(ok, weights.reshape(n), 0.0).reshape(g_ * t, k))
+  return _reduce_scatter_batch(y.reshape(g_, t, d), ep).astype(x.dtype), routed, routed
 
 
 class MoEFeedForward(nnx.Module):
