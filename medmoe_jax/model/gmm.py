@@ -26,6 +26,7 @@ from jax import lax
 
 IMPLS = ("chunked", "ragged_dot", "megablox")
 CHUNK_SIZES = (512, 256, 128, 64, 32, 16, 8)  # powers of two: binary decomposition of a group
+OVERSHOOT_ROWS = 64  # a group's last chunk may run this far past its end (see _chunk_plan)
 
 
 def megablox_available() -> bool:
@@ -56,6 +57,11 @@ def row_multiple_for(impl: str) -> int:
   return 128 if impl == "megablox" else 1
 
 
+def tail_rows_for(impl: str) -> int:
+  """Spare zero rows after the last group: room for a chunk to run past its group's end."""
+  return OVERSHOOT_ROWS if impl == "chunked" else 0
+
+
 class Layout(NamedTuple):
   rows: jax.Array         # [N] buffer row of each slot; num_rows (one past the end) if unrouted
   slot_of_row: jax.Array  # [M] slot held by each buffer row; N if the row is empty
@@ -69,11 +75,12 @@ def _round_up(x, m):
   return (x + m - 1) // m * m
 
 
-def sorted_layout(expert, num_experts: int, align: int = 1, row_multiple: int = 1) -> Layout:
+def sorted_layout(expert, num_experts: int, align: int = 1, row_multiple: int = 1,
+                  tail: int = 0) -> Layout:
   """expert: [N] int32 group of each slot; values outside [0, num_experts) are not routed.
 
   Stable sort by expert, so a group's rows keep slot order. The buffer size is the static bound
-  N + E*(align-1) (rounded up to row_multiple); sort cost is O(N log N), not O(N E)."""
+  N + E*(align-1) + tail (rounded up to row_multiple); sort cost is O(N log N), not O(N E)."""
   n = expert.shape[0]
   e = num_experts
   routed = (expert >= 0) & (expert < e)
@@ -81,7 +88,7 @@ def sorted_layout(expert, num_experts: int, align: int = 1, row_multiple: int = 
   counts = jnp.zeros((e + 1,), jnp.int32).at[key].add(1)
   sizes = _round_up(counts[:e], align)
   starts = jnp.cumsum(sizes) - sizes
-  num_rows = _round_up(n + e * (align - 1), max(align, row_multiple))
+  num_rows = _round_up(n + e * (align - 1) + tail, max(align, row_multiple))
   order = jnp.argsort(key, stable=True)                      # sorted position -> slot
   skey = key[order]
   first = jnp.cumsum(counts) - counts                        # first sorted position per key
@@ -222,11 +229,16 @@ def _megablox_swiglu(xb, wg, wu, wd, sizes):
 # Fewer ops matter more than exact row counts: every op in the loops has a fixed cost (loop
 # bookkeeping, thread-pool hand-off), and with 64 experts the exact binary decomposition issued
 # 4x more matmuls than with 8 for the same FLOPs (BENCHMARKS.md "MoE layer"). So a group of n
-# rows is covered by n // 512 chunks of 512, then at most two chunks for the remainder r: the
-# largest power of two h <= r, and r - h rounded up to a power of two. That last chunk is moved
-# back to end at the group's end, so it overlaps rows the chunk before it already did (fewer than
-# r / 2). Every chunk stays inside its group: the overlap rows are computed twice, bit for bit
-# the same, in the forward pass and for the input gradient; the weight gradients skip them.
+# rows is covered by n // 512 chunks of 512, then at most two chunks for the remainder r:
+#   - one chunk of r rounded up to a power of two p, if that wastes at most r / 8 rows and the
+#     buffer has room: it runs past the group's end into the next group's rows (or the spare
+#     tail rows), and what it writes there is garbage that the next expert, later in the scan,
+#     overwrites; its weight gradients skip those rows. One matmul instead of two, on the sizes
+#     many experts make (a 250-row group is one chunk of 256, not two of 128).
+#   - otherwise the largest power of two h <= r, then r - h rounded up to a power of two. That
+#     last chunk is moved back to end at the group's end, so it overlaps rows the chunk before it
+#     already did (fewer than r / 2): computed twice, bit for bit the same, in the forward pass
+#     and for the input gradient; the weight gradients skip them.
 
 
 def _chunk_plan(starts, sizes, num_rows: int):
@@ -238,35 +250,47 @@ def _chunk_plan(starts, sizes, num_rows: int):
   big, small = usable[0], usable[1:]
   full = sizes // big
   rest = sizes - full * big
-  first = jnp.zeros_like(sizes)                  # largest power of two <= rest (0 if none)
+  rest_start = starts + full * big
+  whole = jnp.zeros_like(sizes)                  # one chunk for the rest, running past the end
+  for s in reversed(usable):
+    fits = (rest > 0) & (rest <= s) & (8 * (s - rest) <= rest) & (rest_start + s <= num_rows)
+    whole = jnp.where((whole == 0) & fits, s, whole)
+  split = (rest > 0) & (whole == 0)
+  first = jnp.zeros_like(sizes)                  # largest power of two <= rest
   for s in small:
-    first = jnp.where((first == 0) & (rest >= s), s, first)
+    first = jnp.where(split & (first == 0) & (rest >= s), s, first)
   second = jnp.zeros_like(sizes)                 # smallest power of two >= what is left
   for s in reversed(small):
-    second = jnp.where((second == 0) & (rest > first) & (rest - first <= s), s, second)
+    second = jnp.where(split & (second == 0) & (rest > first) & (rest - first <= s), s, second)
+  one = lambda c: c.astype(sizes.dtype)
   zero = jnp.zeros_like(sizes)
-  columns, row = [starts, full, zero], starts + full * big
+  columns, row = [starts, full + one(whole == big), zero], rest_start + one(whole == big) * big
   for s in small:
-    count = (first == s).astype(sizes.dtype) + (second == s).astype(sizes.dtype)
-    columns += [row, count, (second == s).astype(sizes.dtype)]
+    count = one(first == s) + one(second == s) + one(whole == s)
+    columns += [row, count, one(second == s)]
     row = row + count * s
   return tuple(usable), jnp.stack(columns, axis=1).astype(jnp.int32)
 
 
 def _over_chunks(chunk_sizes, info, end, carry, body_for):
-  """Run body(carry, row, new) over every chunk of one expert (info: its row of the plan table;
-  end: one past its group's last row): the chunk is rows [row, row + s), of which those from
-  `new` on are not in an earlier chunk."""
+  """Run body(carry, row, new, end) over every chunk of one expert (info: its row of the plan
+  table; end: one past its group's last row): the chunk is rows [row, row + s), of which those
+  in [new, end) are its group's and not in an earlier chunk."""
   for i, s in enumerate(chunk_sizes):
     base, count, moved, body = info[3 * i], info[3 * i + 1], info[3 * i + 2], body_for(s)
 
     def step(j, c, base=base, count=count, moved=moved, body=body, s=s):
       new = base + j * s
       last_moved = (moved == 1) & (j == count - 1)
-      return body(c, jnp.where(last_moved, end - s, new), new)
+      return body(c, jnp.where(last_moved, end - s, new), new, end)
 
     carry = lax.fori_loop(0, count, step, carry)
   return carry
+
+
+def _rows(row, s):
+  """[s, 1] buffer row index of each row of the chunk starting at `row`."""
+  return row + lax.broadcasted_iota(jnp.int32, (s, 1), 0)
 
 
 def _chunked_forward(x, wg, wu, wd, starts, sizes):
@@ -278,9 +302,10 @@ def _chunked_forward(x, wg, wu, wd, starts, sizes):
     gu_e, d_e = jnp.concatenate([wg[e], wu[e]], axis=1), wd[e]   # [D, 2F], [F, D]
 
     def body_for(s):
-      def body(y, row, _):  # overlap rows are rewritten with the same values
+      def body(y, row, new, end):  # overlap rows: the same values again
         gu = lax.dynamic_slice_in_dim(x, row, s) @ gu_e
         yb = (jax.nn.silu(gu[:, :f]) * gu[:, f:]) @ d_e
+        yb = jnp.where(_rows(row, s) < end, yb, 0)  # past the end: zero (or the next group's)
         return lax.dynamic_update_slice_in_dim(y, yb.astype(y.dtype), row, 0)
       return body
 
@@ -293,7 +318,8 @@ def _chunked_forward(x, wg, wu, wd, starts, sizes):
 @jax.custom_vjp
 def chunked_swiglu(x, wg, wu, wd, starts, sizes):
   """x: [M, D] sorted rows, zero outside the groups; wg, wu: [E, D, F]; wd: [E, F, D]; starts,
-  sizes: [E] int32, groups in increasing row order inside [0, M), sizes multiples of 8.
+  sizes: [E] int32, groups in increasing row order inside [0, M), sizes multiples of 8 (spare
+  zero rows after the last group, `tail_rows_for("chunked")`, let more groups take one chunk).
   Returns [M, D], zero outside the groups."""
   return _chunked_forward(x, wg, wu, wd, starts, sizes)
 
@@ -316,11 +342,12 @@ def _chunked_vjp_bwd(res, dy):
     gu_e = jnp.concatenate([g_e, u_e], axis=1)   # [D, 2F]
 
     def body_for(s):
-      def body(carry, row, new):
+      def body(carry, row, new, end):
         dx, dgu_e, dd_e = carry
         xb = lax.dynamic_slice_in_dim(x, row, s)
         dyb = lax.dynamic_slice_in_dim(dy, row, s)
-        fresh = (row + lax.broadcasted_iota(jnp.int32, (s, 1), 0)) >= new  # not done before
+        i = _rows(row, s)
+        fresh = (i >= new) & (i < end)  # this group's, and not done before
         gu = xb @ gu_e
         g, u = gu[:, :f], gu[:, f:]
         sig = jax.nn.sigmoid(g)
@@ -331,6 +358,7 @@ def _chunked_vjp_bwd(res, dy):
         # changed with the process layout (1e-7; tests/test_multihost.py caught it).
         dxb = dg @ g_e.T + du @ u_e.T
         dgu = jnp.concatenate([dg, du], axis=1)
+        dxb = jnp.where(i < end, dxb, 0)
         return (lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0),
                 dgu_e + (jnp.where(fresh, xb, 0).T @ dgu).astype(acc),
                 dd_e + ((silu * u).T @ jnp.where(fresh, dyb, 0)).astype(acc))

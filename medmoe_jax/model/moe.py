@@ -164,7 +164,7 @@ def dropless_dispatch(x, indices, weights, valid, weights_e, impl: str,
   local = indices - _expert_offset(el, ep)
   ok = (valid[..., None] & (local >= 0) & (local < el)).reshape(n)           # slot = token*k + j
   layout = gmm.sorted_layout(jnp.where(ok, local.reshape(n), -1), el, gmm.align_for(impl),
-                             gmm.row_multiple_for(impl))
+                             gmm.row_multiple_for(impl), gmm.tail_rows_for(impl))
   xb = gmm.to_rows(x.reshape(g_ * t, d), layout, k)                                # [M, D]
   yb = gmm.grouped_swiglu(xb, layout, wi_gate, wi_up, wo, impl)
   y = gmm.combine(yb, layout, jnp.where(ok, weights.reshape(n), 0.0).reshape(g_ * t, k))
