@@ -338,8 +338,7 @@ def _chunked_vjp_bwd(res, dy):
 
   def per_expert(dx, e_info):
     e, info = e_info
-    g_e, u_e, d_e = wg[e], wu[e], wd[e]
-    gu_e = jnp.concatenate([g_e, u_e], axis=1)   # [D, 2F]
+    gu_e, d_e = jnp.concatenate([wg[e], wu[e]], axis=1), wd[e]   # [D, 2F], [F, D]
 
     def body_for(s):
       def body(carry, row, new, end):
@@ -354,10 +353,8 @@ def _chunked_vjp_bwd(res, dy):
         silu = g * sig
         dh = dyb @ d_e.T
         dg, du = dh * u * (sig * (1 + g * (1 - sig))), dh * silu
-        # Two matmuls of depth F, not one of depth 2F: XLA:CPU's result for the deeper one
-        # changed with the process layout (1e-7; tests/test_multihost.py caught it).
-        dxb = dg @ g_e.T + du @ u_e.T
         dgu = jnp.concatenate([dg, du], axis=1)
+        dxb = dgu @ gu_e.T
         dxb = jnp.where(i < end, dxb, 0)
         return (lax.dynamic_update_slice_in_dim(dx, dxb.astype(dx.dtype), row, 0),
                 dgu_e + (jnp.where(fresh, xb, 0).T @ dgu).astype(acc),
