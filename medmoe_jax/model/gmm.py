@@ -164,7 +164,7 @@ def _combine_bwd(res, dy):
   w_row = _append_zero_row(w.reshape(n))[slot_of_row]                   # 0 for empty rows
   dyb = (_append_zero_row(dy)[token] * w_row[:, None]).astype(yb.dtype)
   y_slot = _append_zero_row(yb)[rows].reshape(t, k, -1).astype(jnp.float32)
-  dw = jnp.sum(y_slot * dy[:, None, :], axis=-1)
+  dw = jnp.einsum("tkd,td->tk", y_slot, dy)  # as a multiply-reduce XLA:CPU took 4x longer
   return _sum_to_type_of(dyb, yb), _sum_to_type_of(dw, w), None, None
 
 
