@@ -64,7 +64,9 @@ def main():
                 jnp.asarray(r.randn(t, d), jnp.float32))
   print(json.dumps(dict(machine_info(), threads=args.threads, trees=trees)), flush=True)
   for e in [int(v) for v in args.experts.split(",")]:
-    layout = kernels[0].sorted_layout(jnp.asarray(r.randint(0, e, t * k), jnp.int32), e, 8)
+    g0 = kernels[0]  # the first tree's layout (with its spare tail rows, where it has them)
+    tail = g0.tail_rows_for("chunked") if hasattr(g0, "tail_rows_for") else 0
+    layout = g0.sorted_layout(jnp.asarray(r.randint(0, e, t * k), jnp.int32), e, 8, 1, tail)
     x = jnp.asarray(r.randn(layout.num_rows, d), jnp.float32)
     w = [jnp.asarray(r.randn(*s) * 0.05, jnp.float32) for s in ((e, d, f), (e, d, f), (e, f, d))]
     calls = [(dense, dense_args)]
