@@ -1,0 +1,88 @@
+"""The whole MoE block of several source trees, in alternating processes, against one dense
+reference (this tree's `bench/moe_layer.py` definition, so every tree is measured the same way).
+
+  python bench/block_ab.py --trees=/path/to/old,. --experts=7,8,64 --rounds=3
+
+On a machine whose speed drifts by 10-15% from minute to minute, only alternation compares
+versions. Each round runs one process per tree; each process times the dense reference and the
+blocks (`auto` backend) interleaved, rep by rep, and prints one JSON line: tree, round, the
+ratio per expert count, 64 / 8 style ratios of the largest to the second expert count, and the
+dense time. (bench/chunked_ab.py compares the kernels alone in one process.)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker(tree: str, experts, reps: int, round_: int):
+  sys.path.insert(0, os.path.abspath(tree))
+  import medmoe_jax.model.moe as moe  # the tree's, imported before bench.moe_layer adds ours
+  from medmoe_jax.model.spec import ModelSpec, MoESpec
+  sys.path.insert(1, HERE)
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from bench.moe_layer import dense_equiv_fn, moe_fn
+
+  t, s, d, f, k = 8192, 2048, 128, 512, 2  # bench/moe_layer.py's defaults
+  r = np.random.RandomState(0)
+  x, ct = (jnp.asarray(r.randn(t, d), jnp.float32) for _ in range(2))
+  dense_params = [tuple(jnp.asarray(r.randn(*sh) * 0.02, jnp.float32)
+                        for sh in ((d, f), (d, f), (f, d))) for _ in range(k)]
+  calls = {"dense": (dense_equiv_fn(k), (dense_params, x, ct))}
+  lang, valid = jnp.full((t // s, s), -1, jnp.int32), jnp.ones((t // s, s), bool)
+  for e in experts:
+    spec = ModelSpec(d_model=d, moe=MoESpec(num_experts=e, top_k=k, d_ff=f,
+                                            language_routing="none"))
+    params = nnx.to_pure_dict(nnx.state(moe.MoEFeedForward(spec, rngs=nnx.Rngs(0)), nnx.Param))
+    calls[e] = (moe_fn(spec, lang, valid), (params, x.reshape(t // s, s, d), ct.reshape(t // s, s, d)))
+  for fn, a in calls.values():  # compile, then one warm call
+    jax.block_until_ready(fn(*a))
+    jax.block_until_ready(fn(*a))
+  times = {key: [] for key in calls}
+  for _ in range(reps):
+    for key, (fn, a) in calls.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*a))
+      times[key].append(time.perf_counter() - t0)
+  med = {key: float(np.median(v)) for key, v in times.items()}
+  ratio = {str(e): round(med[e] / med["dense"], 3) for e in experts}
+  out = dict(tree=tree, round=round_, ratio=ratio, dense_ms=round(1e3 * med["dense"], 1))
+  if len(experts) > 1:
+    out[f"{experts[-1]}/{experts[-2]}"] = round(med[experts[-1]] / med[experts[-2]], 3)
+  print(json.dumps(out), flush=True)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--trees", help="comma-separated source trees to compare (required)")
+  p.add_argument("--experts", default="7,8,64")
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--reps", type=int, default=9)
+  p.add_argument("--worker", help=argparse.SUPPRESS)
+  p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
+  a = p.parse_args()
+  experts = [int(v) for v in a.experts.split(",")]
+  if a.worker:
+    return worker(a.worker, experts, a.reps, a.round)
+  if not a.trees:
+    p.error("--trees is required")
+  for tree in a.trees.split(","):
+    if not os.path.isdir(os.path.join(tree, "medmoe_jax")):
+      p.error(f"--trees: {tree} has no medmoe_jax/")
+  for i in range(a.rounds):
+    for tree in a.trees.split(","):
+      subprocess.run([sys.executable, __file__, f"--worker={tree}", f"--experts={a.experts}",
+                      f"--reps={a.reps}", f"--round={i}"], check=True)
+
+
+if __name__ == "__main__":
+  main()

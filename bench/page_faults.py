@@ -1,0 +1,82 @@
+"""What fresh memory costs: page faults and temporary bytes per call of the MoE block and its
+dense equivalent (the functions `bench/moe_layer.py` times, same shapes).
+
+  python bench/page_faults.py
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python bench/page_faults.py   # malloc's mmaps on THP
+
+XLA:CPU allocates each call's temporaries as one block; above glibc's mmap threshold (32 MB at
+most) that block is a fresh mapping every call, so every 4 KB page is faulted in again on first
+touch. Prints one JSON object per function: temp_mib (XLA's compiled temporary size),
+minor_faults and sys_ms per call (getrusage over --reps calls), wall_ms (median).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import machine_info  # noqa: E402
+from bench.moe_layer import dense_equiv_fn, moe_fn  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from medmoe_jax.model import moe  # noqa: E402
+from medmoe_jax.model.spec import ModelSpec, MoESpec  # noqa: E402
+
+
+def measure(name, f, args, reps):
+  temp = f.lower(*args).compile().memory_analysis().temp_size_in_bytes
+  jax.block_until_ready(f(*args))
+  jax.block_until_ready(f(*args))
+  before, walls = resource.getrusage(resource.RUSAGE_SELF), []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    walls.append(time.perf_counter() - t)
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return dict(function=name, temp_mib=round(temp / 2 ** 20, 1),
+              minor_faults=round((after.ru_minflt - before.ru_minflt) / reps),
+              sys_ms=round(1e3 * (after.ru_stime - before.ru_stime) / reps, 1),
+              wall_ms=round(1e3 * float(np.median(walls)), 1))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--experts", default="7,64")
+  p.add_argument("--top_k", type=int, default=2)
+  p.add_argument("--tokens", type=int, default=8192)
+  p.add_argument("--seq", type=int, default=2048)
+  p.add_argument("--d_model", type=int, default=128)
+  p.add_argument("--d_ff", type=int, default=512)
+  p.add_argument("--reps", type=int, default=5)
+  a = p.parse_args()
+  print(json.dumps(dict(machine_info(), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))),
+        flush=True)
+  r = np.random.RandomState(0)
+  x = jnp.asarray(r.randn(a.tokens, a.d_model), jnp.float32)
+  ct = jnp.asarray(r.randn(a.tokens, a.d_model), jnp.float32)
+  shapes = ((a.d_model, a.d_ff), (a.d_model, a.d_ff), (a.d_ff, a.d_model))
+  dense_params = [tuple(jnp.asarray(r.randn(*s) * 0.02, jnp.float32) for s in shapes)
+                  for _ in range(a.top_k)]
+  print(json.dumps(measure("dense_equiv", dense_equiv_fn(a.top_k), (dense_params, x, ct), a.reps)),
+        flush=True)
+  b, s = a.tokens // a.seq, a.seq
+  lang, valid = jnp.full((b, s), -1, jnp.int32), jnp.ones((b, s), bool)
+  for e in [int(v) for v in a.experts.split(",")]:
+    spec = ModelSpec(d_model=a.d_model, moe=MoESpec(num_experts=e, top_k=a.top_k, d_ff=a.d_ff,
+                                                    language_routing="none"))
+    params = nnx.to_pure_dict(nnx.state(moe.MoEFeedForward(spec, rngs=nnx.Rngs(0)), nnx.Param))
+    args = (params, x.reshape(b, s, -1), ct.reshape(b, s, -1))
+    print(json.dumps(measure(f"moe_{e}_experts", moe_fn(spec, lang, valid), args, a.reps)),
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
