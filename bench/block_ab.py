@@ -30,14 +30,12 @@ def worker(tree: str, experts, reps: int, round_: int):
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
-  from bench.moe_layer import dense_equiv_fn, moe_fn
+  from bench.moe_layer import dense_equiv_args, dense_equiv_fn, moe_fn
 
   t, s, d, f, k = 8192, 2048, 128, 512, 2  # bench/moe_layer.py's defaults
-  r = np.random.RandomState(0)
-  x, ct = (jnp.asarray(r.randn(t, d), jnp.float32) for _ in range(2))
-  dense_params = [tuple(jnp.asarray(r.randn(*sh) * 0.02, jnp.float32)
-                        for sh in ((d, f), (d, f), (f, d))) for _ in range(k)]
-  calls = {"dense": (dense_equiv_fn(k), (dense_params, x, ct))}
+  dense_args = dense_equiv_args(t, d, f, k)
+  _, x, ct = dense_args
+  calls = {"dense": (dense_equiv_fn(k), dense_args)}
   lang, valid = jnp.full((t // s, s), -1, jnp.int32), jnp.ones((t // s, s), bool)
   for e in experts:
     spec = ModelSpec(d_model=d, moe=MoESpec(num_experts=e, top_k=k, d_ff=f,

@@ -69,6 +69,16 @@ def dense_equiv_fn(top_k: int):
   return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
 
 
+def dense_equiv_args(tokens: int, d_model: int, d_ff: int, top_k: int):
+  """(params, x, ct) for dense_equiv_fn: x and the output cotangent ct are [tokens, d_model]."""
+  r = np.random.RandomState(0)
+  x, ct = (jnp.asarray(r.randn(tokens, d_model), jnp.float32) for _ in range(2))
+  shapes = ((d_model, d_ff), (d_model, d_ff), (d_ff, d_model))
+  params = [tuple(jnp.asarray(r.randn(*s) * 0.02, jnp.float32) for s in shapes)
+            for _ in range(top_k)]
+  return params, x, ct
+
+
 def moe_fn(spec: ModelSpec, lang, valid):
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: moe.MoEFeedForward(spec, rngs=nnx.Rngs(0))))
 
@@ -139,14 +149,8 @@ def main():
     print(json.dumps(dict(machine_info(), devices=str(jax.devices()), flax=flax.__version__,
                           python=platform.python_version(), clock=args.clock,
                           xla_flags=os.environ.get("XLA_FLAGS", ""))), flush=True)
-  r = np.random.RandomState(0)
-  x = jnp.asarray(r.randn(args.tokens, args.d_model), jnp.float32)
-  ct = jnp.asarray(r.randn(args.tokens, args.d_model), jnp.float32)
-  shapes = ((args.d_model, args.d_ff), (args.d_model, args.d_ff), (args.d_ff, args.d_model))
-  dparams = [tuple(jnp.asarray(r.randn(*s) * 0.02, jnp.float32) for s in shapes)
-             for _ in range(args.top_k)]
   dense = dense_equiv_fn(args.top_k)
-  dense_args = (dparams, x, ct)
+  dense_args = dense_equiv_args(args.tokens, args.d_model, args.d_ff, args.top_k)
   _timed(dense, *dense_args)
   for e in [int(v) for v in args.experts.split(",")]:
     for name in args.backends.split(","):

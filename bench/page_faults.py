@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import machine_info  # noqa: E402
-from bench.moe_layer import dense_equiv_fn, moe_fn  # noqa: E402
+from bench.moe_layer import dense_equiv_args, dense_equiv_fn, moe_fn  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -59,14 +59,9 @@ def main():
   a = p.parse_args()
   print(json.dumps(dict(machine_info(), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))),
         flush=True)
-  r = np.random.RandomState(0)
-  x = jnp.asarray(r.randn(a.tokens, a.d_model), jnp.float32)
-  ct = jnp.asarray(r.randn(a.tokens, a.d_model), jnp.float32)
-  shapes = ((a.d_model, a.d_ff), (a.d_model, a.d_ff), (a.d_ff, a.d_model))
-  dense_params = [tuple(jnp.asarray(r.randn(*s) * 0.02, jnp.float32) for s in shapes)
-                  for _ in range(a.top_k)]
-  print(json.dumps(measure("dense_equiv", dense_equiv_fn(a.top_k), (dense_params, x, ct), a.reps)),
-        flush=True)
+  dense_args = dense_equiv_args(a.tokens, a.d_model, a.d_ff, a.top_k)
+  _, x, ct = dense_args
+  print(json.dumps(measure("dense_equiv", dense_equiv_fn(a.top_k), dense_args, a.reps)), flush=True)
   b, s = a.tokens // a.seq, a.seq
   lang, valid = jnp.full((b, s), -1, jnp.int32), jnp.ones((b, s), bool)
   for e in [int(v) for v in a.experts.split(",")]:
