@@ -23,25 +23,21 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def worker(tree: str, experts, reps: int, round_: int):
   sys.path.insert(0, os.path.abspath(tree))
-  import medmoe_jax.model.moe as moe  # the tree's, imported before bench.moe_layer adds ours
+  import medmoe_jax.model.moe  # noqa: F401  the tree's, imported before bench.moe_layer adds ours
   from medmoe_jax.model.spec import ModelSpec, MoESpec
   sys.path.insert(1, HERE)
   import jax
-  import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
-  from bench.moe_layer import dense_equiv_args, dense_equiv_fn, moe_fn
+  from bench.moe_layer import dense_equiv_args, dense_equiv_fn, moe_block_call
 
   t, s, d, f, k = 8192, 2048, 128, 512, 2  # bench/moe_layer.py's defaults
   dense_args = dense_equiv_args(t, d, f, k)
   _, x, ct = dense_args
   calls = {"dense": (dense_equiv_fn(k), dense_args)}
-  lang, valid = jnp.full((t // s, s), -1, jnp.int32), jnp.ones((t // s, s), bool)
   for e in experts:
     spec = ModelSpec(d_model=d, moe=MoESpec(num_experts=e, top_k=k, d_ff=f,
                                             language_routing="none"))
-    params = nnx.to_pure_dict(nnx.state(moe.MoEFeedForward(spec, rngs=nnx.Rngs(0)), nnx.Param))
-    calls[e] = (moe_fn(spec, lang, valid), (params, x.reshape(t // s, s, d), ct.reshape(t // s, s, d)))
+    calls[e] = moe_block_call(spec, x, ct, s)
   for fn, a in calls.values():  # compile, then one warm call
     jax.block_until_ready(fn(*a))
     jax.block_until_ready(fn(*a))

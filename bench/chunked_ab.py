@@ -51,17 +51,13 @@ def main():
   import jax.numpy as jnp
   import numpy as np
 
-  from bench.moe_layer import dense_equiv_fn
+  from bench.moe_layer import dense_equiv_args, dense_equiv_fn
 
   trees = args.trees.split(",")
   kernels = [load_gmm(t, f"gmm_{i}") for i, t in enumerate(trees)]
   k, d, f, t = args.top_k, args.d_model, args.d_ff, args.tokens
   r = np.random.RandomState(0)
-  dense = dense_equiv_fn(k)
-  dense_params = [tuple(jnp.asarray(r.randn(*s) * 0.05, jnp.float32)
-                        for s in ((d, f), (d, f), (f, d))) for _ in range(k)]
-  dense_args = (dense_params, jnp.asarray(r.randn(t, d), jnp.float32),
-                jnp.asarray(r.randn(t, d), jnp.float32))
+  dense, dense_args = dense_equiv_fn(k), dense_equiv_args(t, d, f, k)
   print(json.dumps(dict(machine_info(), threads=args.threads, trees=trees)), flush=True)
   for e in [int(v) for v in args.experts.split(",")]:
     g0 = kernels[0]  # the first tree's layout (with its spare tail rows, where it has them)

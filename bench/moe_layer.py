@@ -7,7 +7,8 @@ Prints one JSON object per line: backend, num_experts, top_k, tokens, d_model, d
 (the whole MoE block: router, routing, dispatch, experts, combine; its output and the gradients
 for every parameter and the input), dense_equiv_ms (top_k SwiGLU FFNs of width d_ff on the same
 tokens, fwd+bwd, output and gradients, measured in the same run, interleaved with the MoE
-timings so both see the same machine load), ratio = fwd_bwd_ms / dense_equiv_ms, plus dropped_fraction and the kernel/capacity used.
+timings so both see the same machine load), ratio = fwd_bwd_ms / dense_equiv_ms, plus
+dropped_fraction and the kernel/capacity used.
 Times are medians over --reps repetitions (each after a warm-up call). Routing is the learned
 router at init (near uniform), no language forcing, so loads are balanced up to sampling noise.
 
@@ -89,27 +90,31 @@ def moe_fn(spec: ModelSpec, lang, valid):
   return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
 
 
+def moe_block_call(spec: ModelSpec, x, ct, seq: int):
+  """(moe_fn, its args) for the block of `spec` at init on x, ct: [tokens, d_model], cut into
+  sequences of `seq` tokens (the capacity groups); no language tags, no padding."""
+  b = x.shape[0] // seq
+  lang, valid = jnp.full((b, seq), -1, jnp.int32), jnp.ones((b, seq), bool)
+  params = nnx.to_pure_dict(nnx.state(moe.MoEFeedForward(spec, rngs=nnx.Rngs(0)), nnx.Param))
+  return moe_fn(spec, lang, valid), (params, x.reshape(b, seq, -1), ct.reshape(b, seq, -1))
+
+
 def run_one(name, num_experts, args, dense, dense_args):
   backend, kernel = BACKENDS[name]
   m = MoESpec(num_experts=num_experts, top_k=args.top_k, d_ff=args.d_ff, language_routing="none",
               backend=backend, grouped_matmul=kernel, capacity_factor_train=args.capacity_factor)
   spec = ModelSpec(d_model=args.d_model, moe=m)
-  b, s = args.tokens // args.seq, args.seq
-  lang = jnp.full((b, s), -1, jnp.int32)
-  valid = jnp.ones((b, s), bool)
-  params = nnx.to_pure_dict(nnx.state(moe.MoEFeedForward(spec, rngs=nnx.Rngs(0)), nnx.Param))
   r = np.random.RandomState(1)
-  x = jnp.asarray(r.randn(b, s, args.d_model), jnp.float32)
-  ct = jnp.asarray(r.randn(b, s, args.d_model), jnp.float32)
-  f = moe_fn(spec, lang, valid)
-  first = _timed(f, params, x, ct)   # compile + first run
-  first = _timed(f, params, x, ct)   # warm
-  dropped = float(f(params, x, ct)[1][1])  # blocks: nothing may still run when timing starts
+  x, ct = (jnp.asarray(r.randn(args.tokens, args.d_model), jnp.float32) for _ in range(2))
+  f, f_args = moe_block_call(spec, x, ct, args.seq)
+  first = _timed(f, *f_args)   # compile + first run
+  first = _timed(f, *f_args)   # warm
+  dropped = float(f(*f_args)[1][1])  # blocks: nothing may still run when timing starts
   reps = args.reps if first < args.slow_s else 1
   t_moe, t_dense = [], []
   for _ in range(reps):
     t_dense.append(_timed(dense, *dense_args))
-    t_moe.append(_timed(f, params, x, ct))
+    t_moe.append(_timed(f, *f_args))
   ms, dms = 1e3 * float(np.median(t_moe)), 1e3 * float(np.median(t_dense))
   resolved = moe.resolve_backend(backend)
   out = dict(backend=name, num_experts=num_experts, top_k=args.top_k, tokens=args.tokens,

@@ -20,14 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import machine_info  # noqa: E402
-from bench.moe_layer import dense_equiv_args, dense_equiv_fn, moe_fn  # noqa: E402
+from bench.moe_layer import dense_equiv_args, dense_equiv_fn, moe_block_call  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from medmoe_jax.model import moe  # noqa: E402
 from medmoe_jax.model.spec import ModelSpec, MoESpec  # noqa: E402
 
 
@@ -62,15 +59,11 @@ def main():
   dense_args = dense_equiv_args(a.tokens, a.d_model, a.d_ff, a.top_k)
   _, x, ct = dense_args
   print(json.dumps(measure("dense_equiv", dense_equiv_fn(a.top_k), dense_args, a.reps)), flush=True)
-  b, s = a.tokens // a.seq, a.seq
-  lang, valid = jnp.full((b, s), -1, jnp.int32), jnp.ones((b, s), bool)
   for e in [int(v) for v in a.experts.split(",")]:
     spec = ModelSpec(d_model=a.d_model, moe=MoESpec(num_experts=e, top_k=a.top_k, d_ff=a.d_ff,
                                                     language_routing="none"))
-    params = nnx.to_pure_dict(nnx.state(moe.MoEFeedForward(spec, rngs=nnx.Rngs(0)), nnx.Param))
-    args = (params, x.reshape(b, s, -1), ct.reshape(b, s, -1))
-    print(json.dumps(measure(f"moe_{e}_experts", moe_fn(spec, lang, valid), args, a.reps)),
-          flush=True)
+    fn, args = moe_block_call(spec, x, ct, a.seq)
+    print(json.dumps(measure(f"moe_{e}_experts", fn, args, a.reps)), flush=True)
 
 
 if __name__ == "__main__":
