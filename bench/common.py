@@ -21,7 +21,18 @@ def machine_info() -> dict:
   # The 1-minute load average: on a shared machine, other jobs' load skews wall-clock numbers.
   return {"cpu": cpu, "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
           "jax": jax.__version__,
-          "backend": jax.default_backend(), "date": datetime.date.today().isoformat()}
+          "backend": jax.default_backend(), "date": datetime.date.today().isoformat(),
+          "allocator": allocator_env()}
+
+
+# glibc malloc settings read at process start; they change what fresh memory costs XLA:CPU
+# (bench/malloc_ab.py), so every benchmark records them.
+ALLOCATOR_VARS = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_",
+                  "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+
+
+def allocator_env() -> dict:
+  return {k: os.environ[k] for k in ALLOCATOR_VARS if k in os.environ}
 
 
 # The clock every timing here uses: wall time by default; `use_clock("cpu")` switches to this

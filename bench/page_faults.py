@@ -3,6 +3,7 @@ dense equivalent (the functions `bench/moe_layer.py` times, same shapes).
 
   python bench/page_faults.py
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python bench/page_faults.py   # malloc's mmaps on THP
+  (bench/malloc_ab.py names the settings and times them side by side)
 
 XLA:CPU allocates each call's temporaries as one block; above glibc's mmap threshold (32 MB at
 most) that block is a fresh mapping every call, so every 4 KB page is faulted in again on first
@@ -54,8 +55,7 @@ def main():
   p.add_argument("--d_ff", type=int, default=512)
   p.add_argument("--reps", type=int, default=5)
   a = p.parse_args()
-  print(json.dumps(dict(machine_info(), glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))),
-        flush=True)
+  print(json.dumps(machine_info()), flush=True)  # with the allocator settings in effect
   dense_args = dense_equiv_args(a.tokens, a.d_model, a.d_ff, a.top_k)
   _, x, ct = dense_args
   print(json.dumps(measure("dense_equiv", dense_equiv_fn(a.top_k), dense_args, a.reps)), flush=True)

@@ -26,7 +26,7 @@ from jax import lax
 
 IMPLS = ("chunked", "ragged_dot", "megablox")
 CHUNK_SIZES = (512, 256, 128, 64, 32, 16, 8)  # powers of two: binary decomposition of a group
-OVERSHOOT_ROWS = 64  # a group's last chunk may run this far past its end (see _chunk_plan)
+OVERSHOOT_ROWS = 128  # a group's last chunk may run this far past its end (see _chunk_plan)
 
 
 def megablox_available() -> bool:
@@ -230,11 +230,13 @@ def _megablox_swiglu(xb, wg, wu, wd, sizes):
 # bookkeeping, thread-pool hand-off), and with 64 experts the exact binary decomposition issued
 # 4x more matmuls than with 8 for the same FLOPs (BENCHMARKS.md "MoE layer"). So a group of n
 # rows is covered by n // 512 chunks of 512, then at most two chunks for the remainder r:
-#   - one chunk of r rounded up to a power of two p, if that wastes at most r / 8 rows and the
-#     buffer has room: it runs past the group's end into the next group's rows (or the spare
+#   - one chunk of r rounded up to a power of two p, if r > 3p / 4 and the buffer has room: it
+#     runs past the group's end (by less than p / 4) into the next group's rows (or the spare
 #     tail rows), and what it writes there is garbage that the next expert, later in the scan,
-#     overwrites; its weight gradients skip those rows. One matmul instead of two, on the sizes
-#     many experts make (a 250-row group is one chunk of 256, not two of 128).
+#     overwrites; its weight gradients skip those rows. Above 3p / 4 the split below would
+#     compute p rows too (p / 2, then r - p / 2 > p / 4 rounded up to p / 2), in two matmuls of
+#     half the size, each less efficient per row: a 200-row group is one chunk of 256, not two
+#     of 128 (BENCHMARKS.md "Fifth session").
 #   - otherwise the largest power of two h <= r, then r - h rounded up to a power of two. That
 #     last chunk is moved back to end at the group's end, so it overlaps rows the chunk before it
 #     already did (fewer than r / 2): computed twice, bit for bit the same, in the forward pass
@@ -253,7 +255,7 @@ def _chunk_plan(starts, sizes, num_rows: int):
   rest_start = starts + full * big
   whole = jnp.zeros_like(sizes)                  # one chunk for the rest, running past the end
   for s in reversed(usable):
-    fits = (rest > 0) & (rest <= s) & (8 * (s - rest) <= rest) & (rest_start + s <= num_rows)
+    fits = (rest > 0) & (rest <= s) & (4 * rest > 3 * s) & (rest_start + s <= num_rows)
     whole = jnp.where((whole == 0) & fits, s, whole)
   split = (rest > 0) & (whole == 0)
   first = jnp.zeros_like(sizes)                  # largest power of two <= rest
@@ -336,7 +338,8 @@ def _chunked_vjp_bwd(res, dy):
   acc = jnp.float32  # weight gradients accumulate over chunks: keep them in float32
   refs = (x, wg, wu, wd, starts, sizes, dy)
 
-  def per_expert(dx, e_info):
+  def per_expert(carry, e_info):
+    dx, dwg, dwu, dwd = carry
     e, info = e_info
     gu_e, d_e = jnp.concatenate([wg[e], wu[e]], axis=1), wd[e]   # [D, 2F], [F, D]
 
@@ -365,13 +368,18 @@ def _chunked_vjp_bwd(res, dy):
     dx, dgu_e, dd_e = _over_chunks(chunk_sizes, info, starts[e] + sizes[e], (dx,) + zeros,
                                    body_for)
     # Split per expert, while it is in cache: slicing the stacked [E, D, 2F] costs a full pass.
-    return dx, (dgu_e[:, :f].astype(wg.dtype), dgu_e[:, f:].astype(wu.dtype),
-                dd_e.astype(wd.dtype))
+    put = lambda stack, g: lax.dynamic_update_index_in_dim(stack, g.astype(stack.dtype), e, 0)
+    return (dx, put(dwg, dgu_e[:, :f]), put(dwu, dgu_e[:, f:]), put(dwd, dd_e)), None
 
-  # -0.0, not 0.0: a different constant from the forward pass's zeros, so XLA does not merge the
-  # two and then copy the shared buffer into each loop's carry (two extra passes over [M, D]).
-  dx0 = _varying_like(jnp.full(x.shape, -0.0, x.dtype), *refs)
-  dx, (dwg, dwu, dwd) = lax.scan(per_expert, dx0, (jnp.arange(wg.shape[0]), table))
+  # Every buffer a loop writes starts from its own constant, so that XLA does not merge two
+  # equal initial buffers into one and then copy it into each loop's carry (a full extra pass,
+  # 16 MB per weight at 64 experts). dx: -0.0, unlike the forward pass's 0.0. The stacked weight
+  # gradients are carries rather than scan outputs (scan starts every output from the same 0.0):
+  # every expert's slice is overwritten, so their initial values are never read.
+  dx0 = jnp.full(x.shape, -0.0, x.dtype)
+  stacks = tuple(jnp.full(w.shape, v, w.dtype) for w, v in ((wg, 0.0), (wu, -0.0), (wd, 0.0)))
+  init = _varying_like((dx0,) + stacks, *refs)
+  (dx, dwg, dwu, dwd), _ = lax.scan(per_expert, init, (jnp.arange(wg.shape[0]), table))
   grads = (dx, dwg, dwu, dwd)
   return tuple(_sum_to_type_of(g, p) for g, p in zip(grads, (x, wg, wu, wd))) + (None, None)
 
