@@ -1,6 +1,6 @@
-"""The MoE layer benchmark and the train step under glibc allocator settings, side by side.
+"""The MoE block benchmark and the train step under glibc allocator settings, side by side.
 
-  python bench/malloc_ab.py                                # MoE layer at 7, 8, 64 experts
+  python bench/malloc_ab.py                                # MoE block at 7, 8, 64 experts
   python bench/malloc_ab.py --job=train_step --rounds=3    # bench/train_step.py's Post-MoE step
 
 XLA:CPU allocates each call's temporaries and outputs with malloc. glibc maps a block above its
@@ -17,8 +17,9 @@ weight gradients. So the benchmark's ratios depend on the allocator. The setting
            mappings, nothing given back, so after the first call nothing faults at all
 
 Glibc reads these when a process starts, so every round runs one process per setting, in
-turn (the machine's speed drifts by 10-15% from minute to minute). Prints one JSON line per
-process and, at the end, one line per setting with the medians over the rounds.
+turn (the machine's speed drifts by 10-15% from minute to minute). The MoE job times the dense
+reference and the blocks rep by rep in each process (bench/block_ab.py's worker). Prints one
+JSON line per process and, at the end, one line per setting with the medians over the rounds.
 """
 from __future__ import annotations
 
@@ -64,20 +65,18 @@ def train_step_worker(steps: int) -> dict:
 def run_setting(name: str, args) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARS}
   env.update(SETTINGS[name])
-  if args.job == "moe_layer":
-    cmd = [sys.executable, os.path.join(HERE, "bench", "moe_layer.py"), "--backends=auto",
+  if args.job == "moe_layer":  # block_ab's worker: dense and every expert count, rep by rep
+    cmd = [sys.executable, os.path.join(HERE, "bench", "block_ab.py"), f"--worker={HERE}",
            f"--experts={args.experts}", f"--reps={args.reps}"]
   else:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--reps={args.reps}"]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-  rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  row = [json.loads(l) for l in out.splitlines() if l.startswith("{")][-1]
   if args.job == "train_step":
-    return rows[-1]
-  res = {f"ratio_{r['num_experts']}": r["ratio"] for r in rows}
-  res.update({f"moe_ms_{r['num_experts']}": r["fwd_bwd_ms"] for r in rows})
-  res["dense_ms"] = round(statistics.median(r["dense_equiv_ms"] for r in rows), 1)
-  lo, hi = sorted(rows, key=lambda r: r["num_experts"])[-2:]
-  res[f"ratio_{hi['num_experts']}_over_{lo['num_experts']}"] = round(hi["ratio"] / lo["ratio"], 3)
+    return row
+  res = {f"ratio_{e}": r for e, r in row["ratio"].items()}
+  res["dense_ms"] = row["dense_ms"]
+  res.update({k: v for k, v in row.items() if "/" in k})  # e.g. "64/8": the two blocks' times
   return res
 
 
