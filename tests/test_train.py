@@ -8,7 +8,7 @@ import pytest
 
 from conftest import load_config
 from medmoe_jax import sharding
-from medmoe_jax.train import Trainer
+from medmoe_jax.train import Trainer, cpu_allocator_hint
 
 
 def _config(steps=30):
@@ -73,3 +73,13 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
   assert int(state.step) == 30
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), ref_params)
   assert _history(tmp_path / "run") == _history(ref_dir)
+
+
+def test_cpu_allocator_hint_only_where_it_applies():
+  assert "hugetlb=1" in cpu_allocator_hint("cpu", {}, "linux")
+  assert "hugetlb=1" in cpu_allocator_hint("cpu", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                           "linux")
+  assert cpu_allocator_hint("cpu", {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "linux") is None
+  assert cpu_allocator_hint("tpu", {}, "linux") is None
+  assert cpu_allocator_hint("gpu", {}, "linux") is None
+  assert cpu_allocator_hint("cpu", {}, "darwin") is None

@@ -375,7 +375,9 @@ def _chunked_vjp_bwd(res, dy):
   # equal initial buffers into one and then copy it into each loop's carry (a full extra pass,
   # 16 MB per weight at 64 experts). dx: -0.0, unlike the forward pass's 0.0. The stacked weight
   # gradients are carries rather than scan outputs (scan starts every output from the same 0.0):
-  # every expert's slice is overwritten, so their initial values are never read.
+  # every expert's slice is overwritten, so their initial values are never read. Gate and up
+  # have one shape, so they need the two zeros; the down projection's stack differs in shape
+  # (unless d_ff == d_model, where XLA may copy once more: slower, still correct).
   dx0 = jnp.full(x.shape, -0.0, x.dtype)
   stacks = tuple(jnp.full(w.shape, v, w.dtype) for w, v in ((wg, 0.0), (wu, -0.0), (wd, 0.0)))
   init = _varying_like((dx0,) + stacks, *refs)
