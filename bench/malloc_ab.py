@@ -30,11 +30,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
-from bench.common import ALLOCATOR_VARS, machine_info  # noqa: E402
+from bench.common import ALLOCATOR_VARS, machine_info, median_seconds  # noqa: E402
+
 SETTINGS = {
     "default": {},
     "thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
@@ -45,19 +45,14 @@ SETTINGS = {
 
 def train_step_worker(steps: int) -> dict:
   """Median seconds of the Post-MoE train step of bench/train_step.py, with faults per step."""
-  import numpy as np
-
   from bench.train_step import ours
   _, run = ours(dense=False, batch=8, seq=512, backend="auto")
   run()
   run()
-  before, times = resource.getrusage(resource.RUSAGE_SELF), []
-  for _ in range(steps):
-    t = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t)
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  step_s = median_seconds(run, steps)
   after = resource.getrusage(resource.RUSAGE_SELF)
-  return dict(step_s=round(float(np.median(times)), 3),
+  return dict(step_s=round(step_s, 3),
               faults_per_step=(after.ru_minflt - before.ru_minflt) // steps,
               sys_s_per_step=round((after.ru_stime - before.ru_stime) / steps, 3))
 
