@@ -42,10 +42,12 @@ def current_mesh():
   return None if mesh.empty else mesh
 
 
-def dispatch(fn, x, indices, weights, valid, experts):
+def dispatch(fn, x, indices, weights, valid, experts, check_vma: bool = True):
   """fn(x, indices, weights, valid, experts, ep=) -> (y, kept, routed) on local tokens.
   x: [B, S, D]; indices, weights: [B, S, k]; valid: [B, S]; experts: (wi_gate [E, D, F],
-  wi_up [E, D, F], wo [E, F, D]). Returns (y [B, S, D], dropped_fraction float32)."""
+  wi_up [E, D, F], wo [E, F, D]). Returns (y [B, S, D], dropped_fraction float32).
+  check_vma=False runs shard_map without its varying-axes types, for kernels that cannot
+  declare them (megablox's pallas_call); its transpose then adds the gradient sums itself."""
   mesh = current_mesh()
   sizes = dict(mesh.shape) if mesh is not None else {}
   batch = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
@@ -76,7 +78,7 @@ def dispatch(fn, x, indices, weights, valid, experts):
     return y, kept, routed
 
   y, kept, routed = jax.shard_map(
-      local, mesh=mesh,
+      local, mesh=mesh, check_vma=check_vma,
       in_specs=(bspec, bspec, bspec, bspec, (wspec_in, wspec_in, wspec_out)),
       out_specs=(bspec, P(), P()))(x, indices, weights, valid, tuple(experts))
   return y, _dropped(kept, routed)

@@ -205,8 +205,9 @@ class MoEFeedForward(nnx.Module):
     indices = r.indices.reshape(b, s, k)
     weights = r.weights.reshape(b, s, k)
     experts = (self.wi_gate.value, self.wi_up.value, self.wo.value)
-    y, dropped = expert_parallel.dispatch(
-        make_dispatch(m, s, k, train), x, indices, weights, valid, experts)
+    dispatch_fn, check_vma = make_dispatch(m, s, k, train)
+    y, dropped = expert_parallel.dispatch(dispatch_fn, x, indices, weights, valid, experts,
+                                          check_vma=check_vma)
 
     aux = {
         "lb_loss": routing.load_balance_loss(r.probs, r.indices, flat_valid),
@@ -238,13 +239,16 @@ class MoEFeedForward(nnx.Module):
 
 
 def make_dispatch(m, seq_len: int, k: int, train: bool):
-  """The dispatch function of MoESpec `m`: f(x, indices, weights, valid, experts, ep)."""
+  """The dispatch function of MoESpec `m`, f(x, indices, weights, valid, experts, ep), and
+  whether shard_map may check its varying-axes types: megablox's pallas_call declares none
+  (jax's kernel builds its output type without them), so under expert parallelism it runs
+  unchecked."""
   backend = resolve_backend(m.backend)
   if backend == "dense":
-    return dense_dispatch
+    return dense_dispatch, True
   if backend == "capacity":
     cf = m.capacity_factor_train if train else m.capacity_factor_eval
     cap = capacity_per_group(seq_len, k, m.num_experts, cf)
-    return lambda *a, ep=None: capacity_dispatch(*a, cap, ep=ep)
+    return (lambda *a, ep=None: capacity_dispatch(*a, cap, ep=ep)), True
   impl = resolve_grouped_matmul(m.grouped_matmul)
-  return lambda *a, ep=None: dropless_dispatch(*a, impl, ep=ep)
+  return (lambda *a, ep=None: dropless_dispatch(*a, impl, ep=ep)), impl != "megablox"
