@@ -418,6 +418,11 @@ def main(argv):
     print(f"{c.name}: segments {trainer.spec.segments}, mesh {dict(trainer.mesh.shape)}, "
           f"{jax.process_count()} process(es), workdir {workdir}"
           + (f", checkpoints {checkpoint_dir}" if checkpoint_dir else ""), flush=True)
+    if trainer.spec.moe_layer_indices:
+      from medmoe_jax.model import moe
+      note = moe.kernel_note(trainer.spec.moe, jax.default_backend())
+      if note:
+        print(note, flush=True)
     hint = cpu_allocator_hint(jax.default_backend())
     if hint:
       print(hint, flush=True)

@@ -166,6 +166,18 @@ def test_auto_choices():
     moe.resolve_backend("sparse")
 
 
+def test_kernel_note_names_a_kernel_run_off_its_platform():
+  spec = lambda **kw: MoESpec(**kw)
+  assert "Pallas interpreter" in moe.kernel_note(spec(grouped_matmul="megablox"), "cpu")
+  assert "'ragged_dot'" in moe.kernel_note(spec(grouped_matmul="megablox"), "gpu")
+  assert "loop of small matmuls" in moe.kernel_note(spec(grouped_matmul="chunked"), "gpu")
+  for platform in ("cpu", "gpu", "tpu"):  # auto, or a kernel on its own platform: no note
+    assert moe.kernel_note(spec(), platform) is None
+  assert moe.kernel_note(spec(grouped_matmul="chunked"), "cpu") is None
+  assert "grows with the expert count" in moe.kernel_note(spec(grouped_matmul="ragged_dot"), "cpu")
+  assert moe.kernel_note(spec(backend="capacity", grouped_matmul="megablox"), "cpu") is None
+
+
 def test_capacity_drops_by_value():
   """G=1, T=4, k=1, E=2, C=1: tokens 0 and 2 keep their slot, 1 and 3 overflow expert 0."""
   r = np.random.RandomState(0)
@@ -280,8 +292,8 @@ def test_backends_agree_when_nothing_dropped(single_device, forced):
 @pytest.mark.parametrize("mesh_shape, names", [
     (dict(expert=8), ON_MESHES), (dict(data=2, expert=4), ON_MESHES),
     (dict(data=4, expert=2), ON_MESHES), (dict(fsdp=2, expert=4), ON_MESHES),
-    # The tensor axis adds one psum for every backend; dropless alone keeps compile time down.
-    (dict(data=2, expert=2, tensor=2), ("dropless",))])
+    # The tensor axis adds one psum for every backend; two kernels keep compile time down.
+    (dict(data=2, expert=2, tensor=2), ("dropless", "megablox"))])
 def test_mesh_equals_single_device(single_device, mesh_shape, names):
   dims = [mesh_shape.get(a, 1) for a in cfg_lib.MESH_AXES]
   mesh = Mesh(np.asarray(jax.devices()).reshape(dims), cfg_lib.MESH_AXES)

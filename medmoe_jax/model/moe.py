@@ -53,6 +53,24 @@ def resolve_grouped_matmul(name: str, platform: str | None = None) -> str:
   return name
 
 
+def kernel_note(m, platform: str) -> str | None:
+  """A one-line note when MoESpec `m` runs a grouped-matmul kernel that is slow on `platform`
+  (it works, only slowly; BENCHMARKS.md), else None."""
+  if resolve_backend(m.backend) != "dropless":
+    return None
+  impl = resolve_grouped_matmul(m.grouped_matmul, platform)
+  if impl == "megablox" and platform != "tpu":
+    why = "runs in the Pallas interpreter off TPU: exact, but many times slower"
+  elif impl == "chunked" and platform != "cpu":
+    why = f"is the CPU kernel: on {platform} it runs as a loop of small matmuls"
+  elif impl == "ragged_dot" and platform == "cpu":
+    why = "on CPU computes every group over all rows: its cost grows with the expert count"
+  else:
+    return None
+  return (f"note: config.moe.grouped_matmul={impl!r} {why}; 'auto' picks "
+          f"{gmm.default_impl(platform)!r} here")
+
+
 def capacity_per_group(tokens_per_group: int, top_k: int, num_experts: int, factor: float) -> int:
   c = math.ceil(factor * tokens_per_group * top_k / num_experts)
   return max(1, min(c, tokens_per_group))
