@@ -132,3 +132,13 @@ def test_7b_on_64_devices_reports_memory_flops_and_step_time(report_7b):
   # XLA's own count sees each scanned layer stack once: far below the real step.
   assert r["xla_flops_per_device"] < r["flops_per_device"] / 2
   assert np.isfinite(r["compile_s"])
+
+
+def test_data_and_fsdp_mesh_compiles_without_replicating_the_batch():
+  """With data and fsdp both > 1, the embedding's backward used to make XLA's partitioner
+  gather the whole batch's [B, S, D] cotangent on every device (layers.embed_lookup); it logs
+  that as an "involuntary full rematerialization" while compiling."""
+  r = _cli("--config=configs/post_moe.py", "--dry_run", "--num_devices=8",
+           "--config.mesh.data=4", "--config.mesh.fsdp=2", "--config.data.seq_len=128")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Involuntary full rematerialization" not in r.stderr, r.stderr[-3000:]

@@ -33,6 +33,23 @@ def constrain_batch(x):
   return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1))))
 
 
+def embed_lookup(embed, tokens, dtype):
+  """embed (nnx.Embed): the rows of `tokens` [B, S] -> [B, S, D] in `dtype`, under a mesh
+  sharded as the FSDP table gives them: batch over the batch axes other than fsdp, D over fsdp
+  (callers then pin the batch with constrain_batch: an all-to-all within each fsdp group).
+  Without this step the backward's scatter-add into the D-sharded table asked for its cotangent
+  with the batch replicated, which XLA's partitioner reached from batch-sharded activations only
+  by gathering the whole batch's [B, S, D] on every device ("involuntary full
+  rematerialization"): with data and fsdp both > 1, 2 GB more temporaries per device for the 7b
+  dry run on 64 chips (BENCHMARKS.md, "Embedding lookup under FSDP")."""
+  x = embed(tokens).astype(dtype)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "fsdp" not in mesh.axis_names:
+    return x
+  others = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names and a != "fsdp")
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(others, None, "fsdp"))
+
+
 def as_rows(x):
   """[..., F] -> [T, F]. Projections run on 2-D rows: XLA's CPU dot emitter takes a slower path
   when the weight gradient contracts two dims (batch and sequence) of a 3-D activation, 1.6x

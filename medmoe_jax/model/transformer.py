@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from medmoe_jax.model.layers import (MLP, Attention, RMSNorm, as_rows, attention_mask,
-                                     cached_attention_mask, constrain_batch, dtype_of, normal_init)
+                                     cached_attention_mask, constrain_batch, dtype_of, embed_lookup,
+                                     normal_init)
 from medmoe_jax.model.moe import MoEFeedForward
 from medmoe_jax.model.spec import ModelSpec
 
@@ -155,7 +156,7 @@ class Transformer(nnx.Module):
 
   def hidden_states(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):
     """tokens etc.: [B, S] int32 -> (final hidden [B, S, D], moe aux stacked over MoE layers)."""
-    x = constrain_batch(self.embed(tokens).astype(dtype_of(self.spec.dtype)))
+    x = constrain_batch(embed_lookup(self.embed, tokens, dtype_of(self.spec.dtype)))
     mask = attention_mask(segment_ids)
     valid = segment_ids > 0
     moe_aux = []
