@@ -180,6 +180,10 @@ def mesh_shape(c, num_devices: int) -> dict[str, int]:
 
 def validate(c, num_devices: int | None = None) -> None:
   """Raise ConfigError on the first problem found. Cheap: no JAX compute."""
+  missing = [k for k in ("model", "moe", "data", "train", "mesh") if k not in c]
+  if missing:
+    raise ConfigError(f"config: not a training config (no {', '.join(missing)}); an eval config "
+                      "such as configs/eval.py goes to python -m medmoe_jax.eval")
   m, moe, d, t = c.model, c.moe, c.data, c.train
   if not _SAFE_NAME.match(str(c.name)) or set(str(c.name)) <= {"."}:
     # The default workdir is workdir/<name>: a name with "/" or ".." would write elsewhere.

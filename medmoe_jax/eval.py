@@ -37,6 +37,10 @@ def validate(c) -> None:
   def err(key, msg):
     return ConfigError(f"config.{key}: {msg}")
 
+  if "checkpoint" not in c or "tasks" not in c:
+    raise ConfigError("config: not an eval config (no checkpoint, tasks); start from "
+                      "configs/eval.py and name the run with --config.checkpoint=<training "
+                      "workdir>")
   if not str(c.checkpoint).strip():
     raise err("checkpoint", "no checkpoint given; pass --config.checkpoint=<training workdir> "
               "(or one of its checkpoints/<step>)")

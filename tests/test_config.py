@@ -57,3 +57,11 @@ def test_mesh_minus_one_fills_devices():
   c = load_config("post_moe")
   c.mesh.update(data=-1, fsdp=2)
   assert cfg_lib.mesh_shape(c, 8) == {"data": 4, "fsdp": 2, "expert": 1, "tensor": 1}
+
+
+def test_train_and_eval_configs_are_not_swapped():
+  from medmoe_jax import eval as eval_lib
+  with pytest.raises(cfg_lib.ConfigError, match="not a training config .* medmoe_jax.eval"):
+    cfg_lib.validate(load_config("eval"), 1)
+  with pytest.raises(cfg_lib.ConfigError, match="not an eval config .* configs/eval.py"):
+    eval_lib.validate(load_config("post_moe"))
