@@ -12,6 +12,8 @@ inputs (nothing is allocated, no data is read), and reports per device:
   total                         arguments + outputs not aliased to them + temporaries;
   FLOPs per step                the matmul FLOPs of the step's jaxpr (forward, backward, remat
                                 recompute), scanned layer stacks multiplied by their length;
+                                dropless MoE layers counted as ragged_dot, i.e. the active
+                                experts' matmuls (`flops_config`);
   MFU-bound step time           FLOPs per device / the accelerator's peak bf16 FLOP/s: no step
                                 can be faster; a good run reaches 40-60% of it.
 
@@ -21,7 +23,8 @@ count. Its figure is still reported (`xla_flops_per_device`), as a lower bound.
 
 The memory figures come from XLA's CPU compiler: its fusion and buffer assignment differ from
 the TPU and GPU compilers', so treat activations as an estimate (usually within tens of percent),
-and parameters and optimizer state as exact.
+and parameters and optimizer state as exact. Dropless MoE layers compile with the CPU kernel
+(chunked), not megablox or ragged_dot, which adds to that uncertainty.
 
 It fails early, with one line naming the fix: an invalid mesh or batch (config validation, before
 JAX starts), parameters + optimizer state that cannot fit even before compiling, and a compiled
@@ -128,16 +131,29 @@ def _dot_flops(eqn) -> float:
   return 2.0 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
 
 
+def _ragged_dot_flops(eqn) -> float:
+  """Every lhs element meets the rhs's free dims once (each row belongs to one group): 2*M*K*N
+  for the forward [M, K] x [G, K, N] and for both of its gradients."""
+  dims = eqn.params["ragged_dot_dimension_numbers"]
+  (_, rhs_contract), (_, rhs_batch) = dims.dot_dimension_numbers
+  lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+  bound = set(rhs_contract) | set(rhs_batch) | set(dims.rhs_group_dimensions)
+  return 2.0 * math.prod(lhs) * math.prod(n for i, n in enumerate(rhs) if i not in bound)
+
+
 def matmul_flops(jaxpr, mesh_sizes: dict | None = None) -> float:
-  """Matmul FLOPs of a (closed) jaxpr over the whole mesh: 2*M*N*K per dot_general, scan bodies
-  times their length, the costlier branch of a cond, shard_map bodies (per-shard shapes) times
-  the number of shards. A while loop of unknown length counts once."""
+  """Matmul FLOPs of a (closed) jaxpr over the whole mesh: 2*M*N*K per dot_general and per
+  ragged_dot_general (rows times their own group's weights), scan bodies times their length,
+  the costlier branch of a cond, shard_map bodies (per-shard shapes) times the number of shards.
+  A while loop of unknown length counts once (see `flops_config`)."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == "dot_general":
       total += _dot_flops(eqn)
+    elif name == "ragged_dot_general":
+      total += _ragged_dot_flops(eqn)
     elif name == "scan":
       total += eqn.params["length"] * matmul_flops(eqn.params["jaxpr"], mesh_sizes)
     elif name == "cond":
@@ -150,6 +166,24 @@ def matmul_flops(jaxpr, mesh_sizes: dict | None = None) -> float:
     else:
       total += sum(matmul_flops(j, mesh_sizes) for j in _sub_jaxprs(eqn))
   return total
+
+
+def flops_config(c):
+  """The config whose train step the FLOPs are counted on: c itself, or, where c's MoE layers
+  would run the chunked CPU kernel (auto on these fake CPU devices), c with ragged_dot. The
+  chunked kernel's loops have data-dependent trip counts, so a jaxpr cannot say how often
+  they run; ragged_dot states its FLOPs in its shapes, and they are what megablox (TPU) and
+  ragged_dot (GPU) do: the active experts' matmuls, forward and backward."""
+  from medmoe_jax import config as cfg_lib
+  from medmoe_jax.model import moe
+  spec = cfg_lib.model_spec(c)
+  if not spec.moe_layer_indices or moe.resolve_backend(spec.moe.backend) != "dropless":
+    return c
+  if moe.resolve_grouped_matmul(spec.moe.grouped_matmul, "cpu") != "chunked":
+    return c
+  c = c.copy_and_resolve_references()
+  c.moe.grouped_matmul = "ragged_dot"
+  return c
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -216,7 +250,12 @@ def run(c, topology: str | None = None, num_devices: int | None = None, *,
 
   t0 = time.perf_counter()
   traced = trainer.train_step.trace(state, batch, rng)
-  flops = matmul_flops(traced.jaxpr)
+  fc = flops_config(c)
+  if fc is c:
+    flops = matmul_flops(traced.jaxpr)
+  else:
+    counter = trainer_cls(fc, workdir="", mesh=mesh).setup_step()
+    flops = matmul_flops(counter.train_step.trace(*counter.abstract_step_inputs()).jaxpr)
   lowered = traced.lower()
   t1 = time.perf_counter()
   compiled = lowered.compile()

@@ -67,6 +67,27 @@ def test_train_step_flops_equal_the_dense_formula():
   assert flops == 3 * forward + per_language_sums
 
 
+def test_dropless_moe_flops_count_the_active_experts():
+  """The chunked kernel's loops run a data-dependent number of times, so its FLOPs are counted
+  on the ragged_dot version of the step: exactly the dense backend's (every expert on every
+  token) less the E - k experts a token does not use."""
+  c = load_config("post_moe")
+  c.model.update(dict(vocab_size=512, d_model=64, num_layers=3, num_heads=4, num_kv_heads=2, d_ff=96))
+  c.data.update(dict(seq_len=16, batch_size=2))
+  counted = {}
+  for backend in ("dense", "dropless"):
+    c.moe.backend = backend
+    fc = dryrun.flops_config(c)
+    assert fc.moe.grouped_matmul == ("ragged_dot" if backend == "dropless" else "auto")
+    t = Trainer(fc, "", mesh=sharding.make_mesh(fc, jax.devices()[:1])).setup_step()
+    counted[backend] = dryrun.matmul_flops(t.train_step.trace(*t.abstract_step_inputs()).jaxpr)
+  tokens, d, f, e, k, moe_layers = 2 * 16, 64, 96, 7, 2, 2
+  per_expert_token = 3 * 3 * 2 * d * f                 # 3 matmuls, forward + 2 gradients
+  combine_weight_grad = 2 * tokens * k * d             # dropless's routing-weight gradient dot
+  assert counted["dense"] - counted["dropless"] == moe_layers * (
+      tokens * (e - k) * per_expert_token - combine_weight_grad)
+
+
 def test_invalid_mesh_fails_before_compiling():
   # 64 devices, but the mesh asks for 3 x 8: config validation stops it, no compile.
   c = load_config("post_moe", "7b")
@@ -123,10 +144,12 @@ def test_7b_on_64_devices_reports_memory_flops_and_step_time(report_7b):
   assert r["activation_temp_bytes_per_device"] > 1 << 30
   assert r["total_bytes_per_device"] < r["device_memory_bytes"]
 
-  # FLOPs: about 6 N T. With capacity factor 4 each of the 7 experts takes every token of its
-  # row, so all N parameters work on every token; attention adds ~8%. Step time = FLOPs / peak.
+  # FLOPs: about 6 N T over the parameters a token uses: dropless top-2 runs 2 of the 7 experts,
+  # and the embedding is a lookup, not a matmul; attention adds ~11%. Step time = FLOPs / peak.
   tokens = 64 * 4096
-  assert 6 * n_params * tokens * 0.7 < r["flops_per_step"] < 6 * n_params * tokens * 2
+  m = c.model
+  unused = 2 * 3 * m.d_model * m.d_ff * (7 - 2) + m.vocab_size * m.d_model
+  assert 1.0 < r["flops_per_step"] / (6 * (n_params - unused) * tokens) < 1.2
   assert r["flops_per_device"] == pytest.approx(r["flops_per_step"] / 64)
   assert r["mfu_bound_step_s"] == pytest.approx(r["flops_per_device"] / 459e12)
   # XLA's own count sees each scanned layer stack once: far below the real step.
