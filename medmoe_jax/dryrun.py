@@ -169,17 +169,18 @@ def matmul_flops(jaxpr, mesh_sizes: dict | None = None) -> float:
 
 
 def flops_config(c):
-  """The config whose train step the FLOPs are counted on: c itself, or, where c's MoE layers
-  would run the chunked CPU kernel (auto on these fake CPU devices), c with ragged_dot. The
-  chunked kernel's loops have data-dependent trip counts, so a jaxpr cannot say how often
-  they run; ragged_dot states its FLOPs in its shapes, and they are what megablox (TPU) and
-  ragged_dot (GPU) do: the active experts' matmuls, forward and backward."""
+  """The config whose train step the FLOPs are counted on: c itself, or, where c has dropless
+  MoE layers, c with the ragged_dot kernel. The chunked CPU kernel (auto on these fake CPU
+  devices) loops a data-dependent number of times and megablox hides its matmuls in a Pallas
+  kernel's tiles, so their jaxprs cannot say how much they compute; ragged_dot states it in
+  its shapes, and it is what megablox (TPU) and ragged_dot (GPU) do: the active experts'
+  matmuls, forward and backward."""
   from medmoe_jax import config as cfg_lib
   from medmoe_jax.model import moe
   spec = cfg_lib.model_spec(c)
   if not spec.moe_layer_indices or moe.resolve_backend(spec.moe.backend) != "dropless":
     return c
-  if moe.resolve_grouped_matmul(spec.moe.grouped_matmul, "cpu") != "chunked":
+  if moe.resolve_grouped_matmul(spec.moe.grouped_matmul, "cpu") == "ragged_dot":
     return c
   c = c.copy_and_resolve_references()
   c.moe.grouped_matmul = "ragged_dot"

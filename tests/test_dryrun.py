@@ -81,6 +81,8 @@ def test_dropless_moe_flops_count_the_active_experts():
     assert fc.moe.grouped_matmul == ("ragged_dot" if backend == "dropless" else "auto")
     t = Trainer(fc, "", mesh=sharding.make_mesh(fc, jax.devices()[:1])).setup_step()
     counted[backend] = dryrun.matmul_flops(t.train_step.trace(*t.abstract_step_inputs()).jaxpr)
+  c.moe.grouped_matmul = "megablox"  # its matmuls hide in Pallas tiles: counted as ragged_dot too
+  assert dryrun.flops_config(c).moe.grouped_matmul == "ragged_dot"
   tokens, d, f, e, k, moe_layers = 2 * 16, 64, 96, 7, 2, 2
   per_expert_token = 3 * 3 * 2 * d * f                 # 3 matmuls, forward + 2 gradients
   combine_weight_grad = 2 * tokens * k * d             # dropless's routing-weight gradient dot
