@@ -167,15 +167,14 @@ def test_auto_choices():
 
 
 def test_kernel_note_names_a_kernel_run_off_its_platform():
-  spec = lambda **kw: MoESpec(**kw)
-  assert "Pallas interpreter" in moe.kernel_note(spec(grouped_matmul="megablox"), "cpu")
-  assert "'ragged_dot'" in moe.kernel_note(spec(grouped_matmul="megablox"), "gpu")
-  assert "loop of small matmuls" in moe.kernel_note(spec(grouped_matmul="chunked"), "gpu")
+  assert "Pallas interpreter" in moe.kernel_note(MoESpec(grouped_matmul="megablox"), "cpu")
+  assert "'ragged_dot'" in moe.kernel_note(MoESpec(grouped_matmul="megablox"), "gpu")
+  assert "loop of small matmuls" in moe.kernel_note(MoESpec(grouped_matmul="chunked"), "gpu")
   for platform in ("cpu", "gpu", "tpu"):  # auto, or a kernel on its own platform: no note
-    assert moe.kernel_note(spec(), platform) is None
-  assert moe.kernel_note(spec(grouped_matmul="chunked"), "cpu") is None
-  assert "grows with the expert count" in moe.kernel_note(spec(grouped_matmul="ragged_dot"), "cpu")
-  assert moe.kernel_note(spec(backend="capacity", grouped_matmul="megablox"), "cpu") is None
+    assert moe.kernel_note(MoESpec(), platform) is None
+  assert moe.kernel_note(MoESpec(grouped_matmul="chunked"), "cpu") is None
+  assert "grows with the expert count" in moe.kernel_note(MoESpec(grouped_matmul="ragged_dot"), "cpu")
+  assert moe.kernel_note(MoESpec(backend="capacity", grouped_matmul="megablox"), "cpu") is None
 
 
 def test_capacity_drops_by_value():

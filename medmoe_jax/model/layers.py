@@ -34,20 +34,21 @@ def constrain_batch(x):
 
 
 def embed_lookup(embed, tokens, dtype):
-  """embed (nnx.Embed): the rows of `tokens` [B, S] -> [B, S, D] in `dtype`, under a mesh
-  sharded as the FSDP table gives them: batch over the batch axes other than fsdp, D over fsdp
-  (callers then pin the batch with constrain_batch: an all-to-all within each fsdp group).
-  Without this step the backward's scatter-add into the D-sharded table asked for its cotangent
-  with the batch replicated, which XLA's partitioner reached from batch-sharded activations only
-  by gathering the whole batch's [B, S, D] on every device ("involuntary full
-  rematerialization"): with data and fsdp both > 1, 2 GB more temporaries per device for the 7b
-  dry run on 64 chips (BENCHMARKS.md, "Embedding lookup under FSDP")."""
+  """embed (nnx.Embed): the rows of `tokens` [B, S] -> [B, S, D] in `dtype`, batch pinned as
+  `constrain_batch` pins it. Under a mesh the lookup's output is first sharded as the FSDP
+  table gives it (batch over the batch axes other than fsdp, D over fsdp), so the step to the
+  batch sharding is an all-to-all within each fsdp group. Without that step the backward's
+  scatter-add into the D-sharded table asked for its cotangent with the batch replicated, which
+  XLA's partitioner reached from batch-sharded activations only by gathering the whole batch's
+  [B, S, D] on every device ("involuntary full rematerialization"): with data and fsdp both
+  > 1, 2 GB more temporaries per device for the 7b dry run on 64 chips (BENCHMARKS.md,
+  "Embedding lookup under FSDP")."""
   x = embed(tokens).astype(dtype)
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or "fsdp" not in mesh.axis_names:
-    return x
-  others = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names and a != "fsdp")
-  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(others, None, "fsdp"))
+  if not mesh.empty and "fsdp" in mesh.axis_names:
+    others = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names and a != "fsdp")
+    x = jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(others, None, "fsdp"))
+  return constrain_batch(x)
 
 
 def as_rows(x):

@@ -156,7 +156,7 @@ class Transformer(nnx.Module):
 
   def hidden_states(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):
     """tokens etc.: [B, S] int32 -> (final hidden [B, S, D], moe aux stacked over MoE layers)."""
-    x = constrain_batch(embed_lookup(self.embed, tokens, dtype_of(self.spec.dtype)))
+    x = embed_lookup(self.embed, tokens, dtype_of(self.spec.dtype))
     mask = attention_mask(segment_ids)
     valid = segment_ids > 0
     moe_aux = []
