@@ -32,6 +32,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -521,7 +522,11 @@ def _build(spec, files, root, version_dir, on_error, every, candidates, known, f
     progress = getattr(tqdm_utils, "_active", True)
     tfds.display_progress_bar(False)
     try:
-      builder.download_and_prepare(download_dir=str(root / "downloads"))
+      # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+      # for every build. Nothing is downloaded (the examples come from the scanned local
+      # files), so those lines would only mislead; our own log line says what is built.
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_dir=str(root / "downloads"))
     finally:
       tfds.display_progress_bar(progress)
   return meta
