@@ -64,6 +64,14 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+class _DropReadOnlyNotice(logging.Filter):
+  """Orbax logs a WARNING "Given directory is read only=..." for every read-only manager. Here
+  read-only is the request (an evaluation reading a training workdir), not a problem."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
 class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
@@ -82,11 +90,16 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only,
         async_options=(ocp.AsyncOptions(post_finalization_callback=self._test_pause)
                        if self._pause else None))
-    # Explicit handlers (not just item names) so that metadata can be read before a restore.
-    self._mngr = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+    absl_logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+    absl_logger.addFilter(notice)
+    try:
+      # Explicit handlers (not just item names) so that metadata can be read before a restore.
+      self._mngr = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "data": grain.checkpoint.CheckpointHandler()})
+    finally:
+      absl_logger.removeFilter(notice)
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()

@@ -46,3 +46,17 @@ def test_data8_checkpoint_restores_onto_data2_expert4(tmp_path):
   assert "expert" in str(wi.sharding.spec)
   assert wi.addressable_shards[0].data.shape[1] == 8 // 4
   assert jax.tree.map(lambda x: x.sharding, restored) == dst.state_shardings
+
+
+def test_read_only_reader_does_not_warn_about_being_read_only(tmp_path, caplog):
+  """Evaluation opens a training workdir read-only on purpose; Orbax's 'Given directory is read
+  only' WARNING is dropped, and only that one: the filter is gone once the manager exists."""
+  import logging
+  Checkpointer(str(tmp_path / "ckpt"), async_save=False).close()
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    reader = Checkpointer(str(tmp_path / "ckpt"), read_only=True)
+    logging.getLogger("absl").warning("Given directory is read only=after")
+  assert reader.all_steps() == []
+  reader.close()
+  messages = [r.getMessage() for r in caplog.records]
+  assert messages == ["Given directory is read only=after"], messages
