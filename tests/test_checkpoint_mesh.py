@@ -1,5 +1,7 @@
 """A checkpoint written on one mesh restores onto another with identical values and the new
 mesh's shardings (Checkpointer.restore reads into the target's abstract state)."""
+import logging
+
 import jax
 import numpy as np
 
@@ -51,7 +53,6 @@ def test_data8_checkpoint_restores_onto_data2_expert4(tmp_path):
 def test_read_only_reader_does_not_warn_about_being_read_only(tmp_path, caplog):
   """Evaluation opens a training workdir read-only on purpose; Orbax's 'Given directory is read
   only' WARNING is dropped, and only that one: the filter is gone once the manager exists."""
-  import logging
   Checkpointer(str(tmp_path / "ckpt"), async_save=False).close()
   with caplog.at_level(logging.WARNING, logger="absl"):
     reader = Checkpointer(str(tmp_path / "ckpt"), read_only=True)

@@ -251,7 +251,8 @@ def test_prepare_cli_builds_once_and_saves_statistics(tmp_path):
   assert stats["sources"]["ceb"]["documents"]["train"] == {"ceb": 3}
   assert stats["sources"]["sample"]["tokens"]["train"]["en"]["tokens"] > 0
   assert "building source 'web'" in first and "detector chose {'en': 4, 'zh': 4}" in first
-  assert "ownload" not in first  # TFDS's "Downloading and preparing" lines: nothing is downloaded
+  # TFDS's own lines would say it downloads; nothing is downloaded.
+  assert "Downloading and preparing" not in first and "downloaded and prepared" not in first
   # The same config again (in-process, to save a second interpreter start): nothing is written.
   from conftest import load_config
   from medmoe_jax.data import corpus, tokenizer
