@@ -21,6 +21,10 @@ nnx.use_eager_sharding(False)
 BATCH_MESH_AXES = ("data", "fsdp", "expert")
 
 
+def _batch_axes(mesh) -> tuple[str, ...]:
+  return tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names)
+
+
 def constrain_batch(x):
   """x: [B, ...] -> the same, its batch dim pinned to the batch mesh axes of the mesh the trainer
   activates around tracing (sharding.on_mesh); a no-op without one (tests, eval on one device).
@@ -29,8 +33,8 @@ def constrain_batch(x):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  axes = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names)
-  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(axes, *([None] * (x.ndim - 1))))
+  return jax.lax.with_sharding_constraint(
+      x, jax.sharding.PartitionSpec(_batch_axes(mesh), *([None] * (x.ndim - 1))))
 
 
 def embed_lookup(embed, tokens, dtype):
@@ -46,7 +50,7 @@ def embed_lookup(embed, tokens, dtype):
   x = embed(tokens).astype(dtype)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and "fsdp" in mesh.axis_names:
-    others = tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names and a != "fsdp")
+    others = tuple(a for a in _batch_axes(mesh) if a != "fsdp")
     x = jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(others, None, "fsdp"))
   return constrain_batch(x)
 
