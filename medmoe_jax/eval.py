@@ -360,8 +360,10 @@ def main(argv):
   del argv
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  from medmoe_jax import paths
   c = FLAGS.config
-  workdir = FLAGS.workdir or os.path.join("workdir", "eval")
+  paths.resolve_eval_paths(c)  # relative paths mean: relative to where the command runs
+  workdir = paths.absolute(FLAGS.workdir or os.path.join("workdir", "eval"))
   from medmoe_jax.evaluation.mcq import MCQFormatError
   try:
     results = run(c, workdir)

@@ -13,6 +13,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from medmoe_jax import paths
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/post_moe.py", "Config file (Python, get_config).",
                                 lock_config=True)
@@ -401,17 +403,18 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   c = FLAGS.config
+  paths.resolve_config_paths(c)  # relative paths mean: relative to where the command runs
   if FLAGS.dry_run:  # before anything starts JAX: the dry run sets up fake devices
     from medmoe_jax import dryrun
     raise SystemExit(dryrun.main(c, FLAGS.topology, FLAGS.num_devices, Trainer))
   from medmoe_jax import distributed
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax
-  workdir = FLAGS.workdir or os.path.join("workdir", c.name)
+  workdir = paths.absolute(FLAGS.workdir or os.path.join("workdir", c.name))
   checkpoint_dir = None
   if "://" in workdir:  # gs://...: checkpoints shared there; logs local to process 0
     checkpoint_dir = workdir.rstrip("/") + "/checkpoints"
-    workdir = FLAGS.logdir or os.path.join("/tmp/medmoe_jax", c.name)
+    workdir = paths.absolute(FLAGS.logdir or os.path.join("/tmp/medmoe_jax", c.name))
   trainer = Trainer(c, workdir, checkpoint_dir=checkpoint_dir).setup()
   lead = jax.process_index() == 0
   if lead:

@@ -67,10 +67,12 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # tfds logs every build step at INFO
   from medmoe_jax import config as cfg_lib
+  from medmoe_jax import paths
 
   c = FLAGS.config
+  paths.resolve_config_paths(c)
   cfg_lib.validate(c)
-  workdir = FLAGS.workdir or os.path.join("workdir", c.name)
+  workdir = paths.absolute(FLAGS.workdir or os.path.join("workdir", c.name))
   {"prepare": _prepare, "tokenizer": _tokenizer}[argv[1]](c, workdir)
 
 
