@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       appended=0))
 
   c.languages = ml_collections.ConfigDict(dict(
-      table="apollo50",         # "apollo50" | "glottolog" | "major12"
+      table="apollo50",         # "apollo50" | "glottolog" | "major12" | "custom" (custom_families only)
       assignment="family",      # "family" | "language"
       use=tuple(SAMPLE_LANGUAGES),  # a tuple so --config.languages.use="('en','zh')" works
       original=(),              # MoE-LPR: languages routed to the frozen expert 0 by the LPR loss

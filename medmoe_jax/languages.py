@@ -9,6 +9,8 @@ families is the order of expert ids. Three tables ship:
   languages plus a few extras (e.g. MoE-LPR's Greek, Hungarian, Turkish).
 - ``"major12"``: one "family" per major language, in the paper's order ar de en ... zh, for the
   12-language experiments with per-language experts.
+- ``"custom"``: no families of its own: only those of ``config.languages.custom_families``, in
+  first-seen order (e.g. the synthetic corpus of ``medmoe_jax.data.synthetic``).
 
 The config picks a table and an assignment (``"family"`` or ``"language"``);
 :func:`expert_assignment` turns them into one array ``lang_id -> expert id`` for the router, where
@@ -139,6 +141,7 @@ FAMILY_TABLES: Mapping[str, Mapping[str, tuple[str, ...]]] = types.MappingProxyT
     "apollo50": types.MappingProxyType(_APOLLO50),
     "glottolog": types.MappingProxyType(_GLOTTOLOG),
     "major12": types.MappingProxyType(_MAJOR12),
+    "custom": types.MappingProxyType({}),  # only config.languages.custom_families
 })
 
 APOLLO50_LANGUAGES: tuple[str, ...] = tuple(c for codes in _APOLLO50.values() for c in codes)
@@ -182,7 +185,7 @@ def family_table(
     """A copy of the family table ``name``, optionally adjusted.
 
     Args:
-        name: one of ``FAMILY_TABLES`` ("apollo50", "glottolog", "major12").
+        name: one of ``FAMILY_TABLES`` ("apollo50", "glottolog", "major12", "custom").
         paper_ne_alias: add ``ne`` to apollo50's Altaic family, for users who want the paper's
             literal "Mongolian (Ne)". Only valid with "apollo50".
         custom_families: ``code -> family name`` from the user's config. Each code is moved into
