@@ -422,9 +422,10 @@ class Realiser:
     return [self.word(adp)] + words if self.g["adposition"] == "pre" else words + [self.word(adp)]
 
   def clause(self, c: Clause) -> str:
-    label = f"{self.word(c.label).capitalize()}: " if c.label else ""
+    """One sentence, spelled in the language's orthography (labels and answers too)."""
+    label = f"{_spell(self.word(c.label), self.lang.orthography).capitalize()}: " if c.label else ""
     if c.bare is not None:
-      return label + " ".join(self.np(c.bare)) + "."
+      return label + _spell(" ".join(self.np(c.bare)), self.lang.orthography) + "."
     verb = [self._affix(self.word(c.verb), "past") if c.past else self.word(c.verb)]
     if c.neg:
       verb = [self.word("not")] + verb
