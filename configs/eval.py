@@ -28,14 +28,22 @@ def get_config(arg=None):
   c.mcq = ml_collections.ConfigDict(dict(
       files="sample",          # "sample" (embedded XMedBench-format sample) or comma-separated paths/globs
       mode="both",             # "generative" (the paper) | "loglikelihood" (lm-eval) | "both"
+      # Generative prompts and averages: "apollo" (the official Apollo-MoE code, 12 major
+      # languages' templates by source), "apollo50" (its 50-language mode: the English template
+      # for every source), "translated" (one translated template per language, pubmedqa out of
+      # the averages).
+      protocol="apollo",
       shots=3, max_prompt_chars=4096,
       max_new_tokens=256,
+      min_new_tokens=2,        # EOS is masked for the first N new tokens (the official setting)
       stop_at_line=True,       # stop decoding after the first non-empty line (all that is scored)
       choices="text",          # log-likelihood continuations: option "text" or "letter"
       max_len=2048,            # log-likelihood: longer sequences lose tokens from the left
       max_per_source=0,        # > 0: only the first N items of each source
       on_bad_item="error",     # "error" | "skip" (skipped items are counted in results.json)
-      exclude_from_average="pubmedqa"))
+      # Sources left out of the language averages: "protocol" = the protocol's own choice
+      # (apollo: only what the official script leaves out; translated: pubmedqa), or a list.
+      exclude_from_average="protocol"))
 
   c.perplexity = ml_collections.ConfigDict(dict(
       data_dir="",             # where the held-out split is built; "" = <workdir>/data

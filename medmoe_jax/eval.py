@@ -50,11 +50,15 @@ def validate(c) -> None:
     raise err("tasks", f"{c.tasks!r}: use a comma-separated subset of {', '.join(TASKS)}")
   if c.mcq.mode not in MCQ_MODES:
     raise err("mcq.mode", f"{c.mcq.mode!r}; use one of {', '.join(MCQ_MODES)}")
+  from medmoe_jax.evaluation.mcq import PROTOCOLS  # pylint: disable=g-import-not-at-top
+  if c.mcq.get("protocol", "apollo") not in PROTOCOLS:
+    raise err("mcq.protocol", f"{c.mcq.protocol!r}; use one of {', '.join(PROTOCOLS)}")
   if c.mcq.choices not in ("text", "letter"):
     raise err("mcq.choices", f"{c.mcq.choices!r}; use 'text' or 'letter'")
   if c.mcq.on_bad_item not in ("error", "skip"):
     raise err("mcq.on_bad_item", f"{c.mcq.on_bad_item!r}; use 'error' or 'skip'")
-  for key, low in (("mcq.shots", 0), ("mcq.max_new_tokens", 1), ("mcq.max_prompt_chars", 1),
+  for key, low in (("mcq.shots", 0), ("mcq.max_new_tokens", 1), ("mcq.min_new_tokens", 0),
+                   ("mcq.max_prompt_chars", 1),
                    ("mcq.max_len", 2), ("mcq.max_per_source", 0), ("batch_size", 1),
                    ("perplexity.seq_len", 0), ("perplexity.max_batches", 0)):
     node = c
@@ -149,15 +153,19 @@ class Evaluator:
       res["mcq_items"] = {"files": [os.path.basename(f) for f in files], "items": len(items),
                           "skipped": dict(load_report.skipped), "problems": load_report.problems[:50]}
       res["mcq"] = {}
+      protocol = c.mcq.get("protocol", "apollo")
+      excl = (None if c.mcq.exclude_from_average == "protocol"
+              else _csv(c.mcq.exclude_from_average))
       if c.mcq.mode in ("generative", "both"):
         bar = self._bar(len(items), f"step {lm.step}: generative MCQ")
         recs = mcq.score_generative(
             items, lambda prompts: lm.generate(prompts, max_new_tokens=int(c.mcq.max_new_tokens),
+                                               min_new_tokens=int(c.mcq.get("min_new_tokens", 0)),
                                                stop_at_line=bool(c.mcq.stop_at_line), progress=bar),
             lm.tokenizer, shots=int(c.mcq.shots), seed=int(c.seed),
-            max_chars=int(c.mcq.max_prompt_chars))
+            max_chars=int(c.mcq.max_prompt_chars), protocol=protocol)
         bar.close()
-        res["mcq"]["generative"] = mcq.summarize(recs, "correct", _csv(c.mcq.exclude_from_average))
+        res["mcq"]["generative"] = mcq.summarize_protocol(recs, "correct", protocol, excl)
         self._write_predictions(predictions_dir, "mcq_generative.jsonl", recs)
       if c.mcq.mode in ("loglikelihood", "both"):
         n_req = sum(len(it.options) for it in items)
@@ -166,9 +174,9 @@ class Evaluator:
             items, lambda reqs: lm.loglikelihood(reqs, max_len=int(c.mcq.max_len), progress=bar),
             choices=c.mcq.choices)
         bar.close()
-        excl = _csv(c.mcq.exclude_from_average)
-        res["mcq"]["loglikelihood"] = mcq.summarize(recs, "correct", excl)
-        res["mcq"]["loglikelihood_norm"] = mcq.summarize(recs, "correct_norm", excl)
+        res["mcq"]["loglikelihood"] = mcq.summarize_protocol(recs, "correct", protocol, excl)
+        res["mcq"]["loglikelihood_norm"] = mcq.summarize_protocol(recs, "correct_norm", protocol,
+                                                                  excl)
         self._write_predictions(predictions_dir, "mcq_loglikelihood.jsonl", recs)
     if "perplexity" in self.tasks or routing:
       source = self._heldout(lm.config)

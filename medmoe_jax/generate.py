@@ -45,9 +45,16 @@ def line_stop_tables(tokenizer, vocab_size: int) -> np.ndarray:
   return table
 
 
+def _no_early_eos(logits, eos_id, t, min_new_tokens):
+  """logits [B, V] of new token t (0-based): EOS masked while t < min_new_tokens (Hugging Face's
+  min_new_tokens)."""
+  mask = (jnp.arange(logits.shape[-1]) == eos_id) & (t < min_new_tokens)
+  return jnp.where(mask[None], -jnp.inf, logits)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _generate_batch(graphdef, params, tokens, segment_ids, positions, lang_ids, lengths, row_lang,
-                    active, stop_table, eos_id, pad_id, *, max_new_tokens: int):
+                    active, stop_table, eos_id, pad_id, min_new_tokens, *, max_new_tokens: int):
   """tokens etc.: [B, P] left-padded prompts; lengths, row_lang: [B]; active: [B] bool (False =
   a filler row); stop_table: [3, V] bool or [3, 0] (no line stop). Returns (tokens [B, N] int32,
   pad_id after a row stopped, and counts [B]: tokens emitted per row, EOS not included)."""
@@ -56,7 +63,8 @@ def _generate_batch(graphdef, params, tokens, segment_ids, positions, lang_ids, 
   n = max_new_tokens
   cache = model.init_cache(b, p + n)
   logits, cache, _ = model.decode(tokens, segment_ids, positions, lang_ids, cache, 0, last_only=True)
-  first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+  first = jnp.argmax(_no_early_eos(logits[:, -1], eos_id, 0, min_new_tokens),
+                     axis=-1).astype(jnp.int32)
   use_lines = stop_table.shape[-1] > 0
   one = jnp.ones((b, 1), jnp.int32)
 
@@ -77,7 +85,8 @@ def _generate_batch(graphdef, params, tokens, segment_ids, positions, lang_ids, 
     step_model = nnx.merge(graphdef, params)
     logits, cache, _ = step_model.decode(tok[:, None], one, (lengths + t)[:, None],
                                          row_lang[:, None], cache, p + t, last_only=True)
-    nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    nxt = jnp.argmax(_no_early_eos(logits[:, -1], eos_id, t + 1, min_new_tokens),
+                     axis=-1).astype(jnp.int32)
     return t + 1, nxt, cache, out, count, done, content
 
   out = jnp.full((b, n), pad_id, jnp.int32)
@@ -107,7 +116,8 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, rows: int, lang: Seq
 
 
 def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             eos_id: int, pad_id: int = 0, lang_ids: Sequence[int] | None = None,
+             eos_id: int, pad_id: int = 0, min_new_tokens: int = 0,
+             lang_ids: Sequence[int] | None = None,
              batch_size: int = 8, bucket: int = 64, stop_table: np.ndarray | None = None,
              put=None, fetch=None, progress=None) -> list[list[int]]:
   """Greedy continuations of `prompts` (token id lists, BOS included if wanted), in input order.
@@ -116,7 +126,8 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_toke
   it matters only to hard language routing. Prompts are sorted by length and batched; the
   padded length is rounded up to a multiple of `bucket` (or is `bucket(longest)` when it is a
   function) so few shapes compile. stop_table: from
-  `line_stop_tables` to stop at the end of the first non-empty line. put: maps a numpy batch
+  `line_stop_tables` to stop at the end of the first non-empty line. min_new_tokens: EOS cannot
+  be chosen before that many new tokens (Hugging Face's min_new_tokens). put: maps a numpy batch
   array to a device array (sharding); default jnp.asarray. progress: a tqdm-like bar, updated
   by the number of prompts done. fetch: device array -> numpy (default jax.device_get; several
   processes need an all-gather).
@@ -140,7 +151,7 @@ def generate(graphdef, params, prompts: Sequence[Sequence[int]], *, max_new_toke
     arrays = left_pad([prompts[i] for i in idx], length, batch_size, [lang_ids[i] for i in idx])
     active = np.arange(batch_size) < len(idx)
     out, count = _generate_batch(graphdef, params, *(put(a) for a in arrays), put(active), table,
-                                 np.int32(eos_id), np.int32(pad_id),
+                                 np.int32(eos_id), np.int32(pad_id), np.int32(min_new_tokens),
                                  max_new_tokens=int(max_new_tokens))
     out, count = fetch(out), fetch(count)
     for r, i in enumerate(idx):

@@ -95,6 +95,21 @@ def test_eos_stops_a_row():
   assert len(got[0]) <= 2
 
 
+def test_min_new_tokens_masks_eos_at_the_start():
+  """min_new_tokens=2 (the official evaluation's): EOS cannot be the first or second new token;
+  the row then continues with the best other token."""
+  graphdef, params = _model()
+  prompts = [[5, 6, 7], [9, 10]]
+  kw = dict(max_new_tokens=10, batch_size=4, bucket=32)
+  full = gen.generate(graphdef, params, prompts, eos_id=-1, **kw)
+  eos = full[0][0]  # pretend the row's first token is EOS
+  assert gen.generate(graphdef, params, prompts, eos_id=eos, **kw)[0] == []
+  got = gen.generate(graphdef, params, prompts, eos_id=eos, min_new_tokens=2, **kw)
+  assert len(got[0]) >= 2 and got[0][0] != eos and eos not in got[0][:2]
+  # Past the first two tokens, EOS stops the row as before.
+  assert all(eos not in g for g in got)
+
+
 def test_stop_at_first_line_keeps_the_scored_line():
   """Stopping after the first non-empty line returns a prefix of the unstopped output whose
   first non-empty line is the same."""

@@ -40,6 +40,7 @@ class Tokenizer:
   """A SentencePiece model with the ids the rest of medmoe_jax relies on."""
 
   kind = "sentencepiece"
+  has_bos = True  # a BOS piece is required (checked below)
 
   def __init__(self, model_proto: bytes, name: str = "<memory>"):
     self.name = name
@@ -135,6 +136,10 @@ class HFTokenizer:
           f"tokenizer {name}: no EOS token found (looked for {', '.join(self._EOS)} and "
           "tokenizer_config.json's eos_token); add one or use a directory with tokenizer_config.json")
     self._eos = ids["eos"]
+    # Whether the model has a BOS token of its own (Hugging Face's call then adds it); without
+    # one, `bos_id` stands in with EOS for document starts, and the official evaluation prompts
+    # start without any.
+    self.has_bos = ids["bos"] is not None
     self._bos = ids["bos"] if ids["bos"] is not None else ids["eos"]
     self._pad = ids["pad"] if ids["pad"] is not None else ids["eos"]
     self._unk = ids["unk"]

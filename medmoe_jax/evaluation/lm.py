@@ -288,14 +288,14 @@ class LanguageModel:
     return _STOP_TABLES[key]
 
   def generate(self, prompts: Sequence[tuple[list[int], str | None]], *, max_new_tokens: int,
-               stop_at_line: bool = False, progress=None) -> list[str]:
+               min_new_tokens: int = 0, stop_at_line: bool = False, progress=None) -> list[str]:
     """Greedy continuations (decoded text) of (prompt ids, lang) pairs."""
     ids = [p for p, _ in prompts]
     langs = [self.lang_index(l) for _, l in prompts]
     pad = self.tokenizer.pad_id
     out = gen_lib.generate(self.graphdef, self.params, ids, max_new_tokens=max_new_tokens,
                            eos_id=self.tokenizer.eos_id, pad_id=0 if pad is None else pad,
-                           lang_ids=langs, batch_size=self.batch_size, bucket=bucket_length,
+                           min_new_tokens=min_new_tokens, lang_ids=langs, batch_size=self.batch_size, bucket=bucket_length,
                            stop_table=self._stop_table if stop_at_line else None,
                            put=self.put, fetch=_fetch, progress=progress)
     return [self.tokenizer.decode(o) for o in out]

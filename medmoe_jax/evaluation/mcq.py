@@ -9,7 +9,8 @@ Formats (reference/evaluation.md), detected per record:
 Bad input (unknown format, an answer that is not among the options, an empty file) raises
 MCQFormatError naming the file and the item, or, with on_bad="skip", skips and counts it.
 
-Generative mode (the paper): seeded k-shot exemplars from the item's source (never the item),
+Generative mode: protocol "apollo" / "apollo50" is the official Apollo-MoE code's
+(evaluation/apollo.py); protocol "translated" is this module's own: seeded k-shot exemplars from the item's source (never the item),
 the language's template, exemplars dropped from the end while the prompt is over the character
 limit, items still over skipped; greedy decoding; `extract_letter` reads the answer.
 Log-likelihood mode (lm-eval): one request per option, context + " " + option text (or letter);
@@ -65,6 +66,10 @@ class MCQItem:
   context: str = ""
   where: str = ""                       # "file:item N" for messages and predictions
   raw_answer: str = ""                  # as written in the data, e.g. "(B)"
+  # As written in the data, for the official prompts ("" / None: not given).
+  raw_question: str = ""
+  raw_options: str = ""
+  raw_context: str | None = None        # None: the record has no "context" field
 
   @property
   def letters(self) -> str:
@@ -185,6 +190,7 @@ def _item(rec, path: str, index: int, file_lang: str | None) -> MCQItem | str:
                            f"name the file after its language ({', '.join(MMEDBENCH_FILE_LANG)})")
     source = rec.get("source") or f"mmedbench-{lang}"
     raw = f"({gold})"
+    raw_options = ""
   elif isinstance(opts, str) and answer is not None:  # XMedBench
     options = parse_options(opts)
     gold = parse_answer(answer)
@@ -196,6 +202,7 @@ def _item(rec, path: str, index: int, file_lang: str | None) -> MCQItem | str:
       raise MCQFormatError(f"{where}: source {source!r} has no known language; add a 'lang' "
                            "field to its items")
     raw = str(answer).strip()
+    raw_options = opts
   else:
     raise MCQFormatError(
         f"{where}: not a known multiple-choice format (keys {sorted(rec)}); expected XMedBench "
@@ -211,7 +218,8 @@ def _item(rec, path: str, index: int, file_lang: str | None) -> MCQItem | str:
     raise ValueError(f"{where}: 'class' must be 'major' or 'minor', got {cls!r}")
   return MCQItem(question=question.strip(), options=options, answer=gold, source=source,
                  lang=str(lang), cls=cls, context=str(rec.get("context") or "").strip(),
-                 where=where, raw_answer=raw)
+                 where=where, raw_answer=raw, raw_question=question, raw_options=raw_options,
+                 raw_context=None if rec.get("context") is None else str(rec["context"]))
 
 
 def load_file(path: str, *, on_bad: str = "error", report: LoadReport | None = None) -> list[MCQItem]:
@@ -397,15 +405,30 @@ def loglikelihood_requests(item: MCQItem, choices: str = "text") -> list[tuple[s
 
 # --- Scoring.
 
+PROTOCOLS = ("apollo", "apollo50", "translated")
+
+
 def score_generative(items: Sequence[MCQItem], generate: Callable, tokenizer, *, shots: int,
-                     seed: int, max_chars: int) -> list[dict]:
-  """generate(list of (prompt ids, lang)) -> list of output texts. Returns one record per item."""
+                     seed: int, max_chars: int, protocol: str = "apollo") -> list[dict]:
+  """generate(list of (prompt ids, lang)) -> list of output texts. Returns one record per item.
+
+  protocol: "apollo" / "apollo50" (the official prompts, evaluation/apollo.py) or "translated"
+  (one template per language, build_prompts above)."""
+  from medmoe_jax.evaluation import apollo  # pylint: disable=g-import-not-at-top
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
   # The EOS between exemplars counts as its piece text toward the character limit.
   eos_text = (tokenizer.id_to_piece(tokenizer.eos_id) if hasattr(tokenizer, "id_to_piece")
               else "</s>")
-  prompts = build_prompts(items, shots=shots, seed=seed, max_chars=max_chars, eos_text=eos_text)
+  if protocol == "translated":
+    prompts = build_prompts(items, shots=shots, seed=seed, max_chars=max_chars, eos_text=eos_text)
+    ids_of = lambda p: prompt_ids(p, tokenizer)
+  else:
+    prompts = apollo.build_prompts(items, shots=shots, seed=seed, max_chars=max_chars,
+                                   eos_text=eos_text, protocol=protocol)
+    ids_of = lambda p: apollo.prompt_ids(p, tokenizer, eos_text)
   todo = [i for i, p in enumerate(prompts) if p is not None]
-  outputs = generate([(prompt_ids(prompts[i], tokenizer), items[i].lang) for i in todo])
+  outputs = generate([(ids_of(prompts[i]), items[i].lang) for i in todo])
   out_of = dict(zip(todo, outputs))
   records = []
   for i, (it, p) in enumerate(zip(items, prompts)):
@@ -441,6 +464,17 @@ def score_loglikelihood(items: Sequence[MCQItem], loglikelihood: Callable, *,
                     "pred": pred, "correct": pred == it.answer,
                     "pred_norm": pred_norm, "correct_norm": pred_norm == it.answer})
   return records
+
+
+def summarize_protocol(records: Sequence[dict], key: str, protocol: str,
+                       exclude_from_average: Sequence[str] | None = None) -> dict:
+  """The averages of `protocol`: the official ones for apollo / apollo50, `summarize` for
+  translated. exclude_from_average None: the protocol's own choice."""
+  if protocol == "translated":
+    return summarize(records, key, DEFAULT_EXCLUDED_FROM_AVERAGE if exclude_from_average is None
+                     else exclude_from_average)
+  from medmoe_jax.evaluation import apollo  # pylint: disable=g-import-not-at-top
+  return apollo.summarize(records, key, exclude_from_average)
 
 
 def summarize(records: Sequence[dict], key: str = "correct",

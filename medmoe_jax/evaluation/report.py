@@ -169,7 +169,7 @@ def render(results: dict, root: str, step: int | None = None) -> str:
     lines += ["", "## Medical multiple choice", "",
               f"Items: {e['mcq_items']['items']} from {', '.join(e['mcq_items']['files'])}"
               + (f"; skipped at load: {e['mcq_items']['skipped']}" if e['mcq_items']['skipped'] else "")
-              + ". " + ("Generative: the paper's protocol, "
+              + ". " + (f"Generative: protocol {m.get('protocol', 'apollo')}, "
                         f"{m.get('shots')}-shot exemplars from the same source, prompts up to "
                         f"{m.get('max_prompt_chars')} characters, greedy decoding up to "
                         f"{m.get('max_new_tokens')} new tokens, letter extraction on the first "
