@@ -76,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
       sources=ml_collections.FieldReference("sample", field_type=object),
       data_dir="",              # where built ArrayRecord datasets live; "" = <workdir>/data
       tokenizer="sample",       # "sample", a sentencepiece .model, a tokenizer.json or HF model dir
+      # Supervised records (question/answer, chat turns): "apollo" = the official Apollo-MoE
+      # `User:{q}\nAssistant:{a}<eos>`, question masked; "plain" = turns joined by "\n";
+      # "hf" = the HF tokenizer directory's own chat_template (data/chat.py).
+      chat_template="apollo",
       seq_len=256, batch_size=8,
       temperature=1.0,          # language sampling p_l ~ n_l^(1/T); larger T favours minor ones
       on_error="raise",         # bad input: "raise" (error naming file/line/field) | "skip" (count)
@@ -291,6 +295,9 @@ def _validate_data(c) -> None:
     raise _err("data.temperature", f"must be > 0, got {d.temperature}")
   if d.packing not in ("first_fit", "concat"):
     raise _err("data.packing", f"{d.packing!r}; use 'first_fit' or 'concat'")
+  from medmoe_jax.data import chat  # pylint: disable=g-import-not-at-top
+  if d.get("chat_template", "apollo") not in chat.TEMPLATES:
+    raise _err("data.chat_template", f"{d.chat_template!r}; use one of {', '.join(chat.TEMPLATES)}")
   if d.validation_every < 0:
     raise _err("data.validation_every", f"must be >= 0, got {d.validation_every}")
   if d.num_threads < 0 or d.prefetch < 0:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medmoe_jax.data import corpus, pipeline, sources, tokenizer
+from medmoe_jax.data.chat import ChatTemplate
 
 LANGS = ["en", "zh", "ar", "hi", "th", "sw"]
 
@@ -330,7 +331,8 @@ def test_supervised_prompts_get_no_loss(tmp_path, tok):
                        {"role": "user", "content": "Fever?"}, {"role": "assistant", "content": "Rest."}],
           "lang": "en"}
   f = _write_jsonl(tmp_path / "sft.jsonl", [json.dumps(r) for r in qa + [chat, {"text": "Plain.", "lang": "en"}]])
-  built = sources.build_source(sources.SourceSpec("sft", (f,)), tmp_path / "out", validation_every=0)
+  built = sources.build_source(sources.SourceSpec("sft", (f,)), tmp_path / "out", validation_every=0,
+                               template=ChatTemplate("plain"))  # the default "apollo": test_chat.py
   ds = pipeline.make_lm_dataset(built["train"], languages=["en"], tokenizer=tok, seq_len=512,
                                 batch_size=2, seed=0, repeat=False)
   seen = collections.Counter()

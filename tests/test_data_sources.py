@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medmoe_jax.data import formats, langid, sources, specs
+from medmoe_jax.data import chat as chat_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Untagged documents for the detector: real sample texts of four detectable languages.
@@ -67,17 +68,19 @@ def test_the_same_records_from_json_jsonl_parquet_and_gzip(tmp_path):
 
 
 def test_supervised_records_render_prompt_spans():
-  qa = formats.to_record({"question": "Dose?", "answer": "500 mg."})
+  # The "plain" chat template (this project's earlier format; the default is "apollo").
+  plain = chat_lib.ChatTemplate("plain")
+  qa = formats.to_record({"question": "Dose?", "answer": "500 mg."}, template=plain)
   assert qa.text == "Dose?\n500 mg." and qa.prompt_spans == ((0, 6),)
   chat = formats.to_record({"messages": [
       {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Vector?"},
       {"role": "assistant", "content": "Anopheles."}, {"role": "user", "content": "Sure?"},
-      {"role": "assistant", "content": "Yes."}]})
+      {"role": "assistant", "content": "Yes."}]}, template=plain)
   assert chat.text == "Be brief.\nVector?\nAnopheles.\nSure?\nYes."
   assert [chat.text[a:b] for a, b in chat.prompt_spans] == ["Be brief.\nVector?\n", "Sure?\n"]
   sharegpt = formats.to_record({"conversations": [{"from": "human", "value": "Q"},
-                                                  {"from": "gpt", "value": "A"}]})
-  turns = formats.to_record(["Q", "A"])  # a bare list alternates user, assistant
+                                                  {"from": "gpt", "value": "A"}]}, template=plain)
+  turns = formats.to_record(["Q", "A"], template=plain)  # a bare list alternates user, assistant
   assert sharegpt.text == turns.text == "Q\nA" and sharegpt.prompt_spans == turns.prompt_spans == ((0, 2),)
   assert formats.to_record("plain text") == formats.Record("plain text")
   with pytest.raises(formats.FieldError, match=r"messages\[0\]\.role.*'doctor'"):
@@ -274,7 +277,8 @@ def test_apollo_style_files_with_language_from_path(tmp_path):
   text = tmp_path / "zh" / "part-0.json"
   text.write_text(json.dumps(["高血压是一种慢性病。", "糖尿病需要控制血糖。"], ensure_ascii=False), "utf-8")
   built = sources.build_source(_spec([qa, text], lang="from_path"), tmp_path / "out",
-                               detect=["en", "zh", "ar"], validation_every=0)
+                               detect=["en", "zh", "ar"], validation_every=0,
+                               template=chat_lib.ChatTemplate("plain"))
   st = built.stats
   assert st["documents"]["train"] == {"en": 2, "zh": 2} and st["supervised"] == 2
   assert st["languages_from_paths"] == {str(qa): "en", str(text): "zh"}

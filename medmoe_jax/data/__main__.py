@@ -47,12 +47,13 @@ def _prepare(c, workdir: str) -> None:
 
 
 def _tokenizer(c, workdir: str) -> None:
-  from medmoe_jax.data import corpus, sources, tokenizer
+  from medmoe_jax.data import chat, corpus, sources, tokenizer
 
   vocab = FLAGS.vocab_size or int(c.model.vocab_size)
   out = FLAGS.out or os.path.join(corpus.data_dir_for(c, workdir),
                                   f"tokenizer_{c.name}_{vocab}.model")
-  texts = (t for spec in corpus.source_specs(c) for t in sources.iter_texts(spec, c.data.on_error))
+  texts = (t for spec in corpus.source_specs(c) for t in sources.iter_texts(spec, c.data.on_error,
+                                                                           chat.from_config(c)))
   docs = tokenizer.sample_documents(texts, FLAGS.max_docs)
   t0 = time.perf_counter()
   tok = tokenizer.train_tokenizer(docs, out, vocab)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 # pipeline (grain) is imported where batches are made: config validation imports this module.
-from medmoe_jax.data import sources, specs
+from medmoe_jax.data import chat, sources, specs
 
 
 def data_dir_for(c, workdir: str) -> str:
@@ -59,9 +59,11 @@ def source_specs(c) -> list[specs.SourceSpec]:
 def build_sources(c, workdir: str, *, log=print) -> list[sources.BuiltSource]:
   """Builds every missing or stale source of the config; reuses the others untouched."""
   data_dir = data_dir_for(c, workdir)
+  template = chat.from_config(c)
   return [sources.build_source(spec, data_dir, on_error=c.data.on_error,
                                validation_every=int(c.data.validation_every),
-                               detect=_languages(c), known=known_languages(c), log=log)
+                               detect=_languages(c), known=known_languages(c), log=log,
+                               template=template)
           for spec in source_specs(c)]
 
 

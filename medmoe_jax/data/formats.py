@@ -15,9 +15,9 @@ Records (a JSON value, a Parquet row or a text line):
                                                      only assistant turns are targets
 plus optional "lang" (ISO 639 code; "en-US" -> "en") and "source" (str).
 
-A supervised record becomes one text, its pieces joined by "\n" (each separator belongs to the
-piece before it), and `prompt_spans`: the [start, end) character ranges that are prompt. The
-pipeline tokenizes piece by piece and gives prompt tokens loss_mask 0.
+A supervised record becomes one text through the chat template (data/chat.py; default: the
+official Apollo-MoE `User:{question}\nAssistant:{answer}`), and `prompt_spans`: the [start, end)
+character ranges that are prompt. The pipeline gives prompt tokens loss_mask 0.
 
 Errors are `DataError`s (a ValueError) with a `kind`, the statistics key under which
 on_error="skip" counts them. A file-level error (bytes that are not UTF-8 in a JSON array,
@@ -32,6 +32,8 @@ import gzip
 import json
 from collections.abc import Iterator
 from typing import Any
+
+from medmoe_jax.data import chat
 
 TEXT_ROLES = ("assistant", "gpt", "model", "bot", "chatbot")
 PROMPT_ROLES = ("user", "human", "system", "prompter", "tool")
@@ -54,6 +56,7 @@ class Record:
   prompt_spans: tuple[tuple[int, int], ...] = ()
   lang: str | None = None     # as given by the record (None: absent)
   source: str | None = None
+  segmented: bool = False     # chat.Rendered.segmented: how the pipeline tokenizes the spans
 
 
 class FieldError(ValueError):
@@ -228,22 +231,7 @@ def _str_field(obj: dict, field: str, *, required: bool) -> str | None:
   return v
 
 
-def _render(pieces: list[tuple[str, bool]]) -> tuple[str, tuple[tuple[int, int], ...]]:
-  """[(content, is_prompt)] -> (text joined by "\\n", merged prompt spans)."""
-  text_parts, spans, pos = [], [], 0
-  for i, (content, is_prompt) in enumerate(pieces):
-    piece = content + ("\n" if i < len(pieces) - 1 else "")
-    if is_prompt:
-      if spans and spans[-1][1] == pos:
-        spans[-1] = (spans[-1][0], pos + len(piece))
-      else:
-        spans.append((pos, pos + len(piece)))
-    text_parts.append(piece)
-    pos += len(piece)
-  return "".join(text_parts), tuple(spans)
-
-
-def _chat(turns, field: str) -> tuple[str, tuple[tuple[int, int], ...]]:
+def _chat(turns, field: str) -> list[tuple[str, bool]]:
   if not isinstance(turns, (list, tuple)) or not turns:
     raise FieldError(field, "bad_field", f"field '{field}' must be a non-empty list of turns")
   pieces = []
@@ -268,7 +256,12 @@ def _chat(turns, field: str) -> tuple[str, tuple[tuple[int, int], ...]]:
   if not any(not p and c.strip() for c, p in pieces):
     raise FieldError(field, "bad_field", f"field '{field}' has no non-empty assistant turn: "
                      "nothing to train on")
-  return _render(pieces)
+  return pieces
+
+
+def _supervised(turns, template: chat.ChatTemplate, lang=None, source=None) -> Record:
+  r = template.render(turns)
+  return Record(r.text, r.prompt_spans, lang, source, r.segmented)
 
 
 _MISSING = {
@@ -278,7 +271,11 @@ _MISSING = {
 }
 
 
-def to_record(item: Any, kind: str = "auto") -> Record:
+DEFAULT_TEMPLATE = chat.ChatTemplate()
+
+
+def to_record(item: Any, kind: str = "auto",
+              template: chat.ChatTemplate = DEFAULT_TEMPLATE) -> Record:
   """A raw item -> Record. Raises FieldError(field, kind, message)."""
   if isinstance(item, str):
     if kind == "sft":
@@ -289,8 +286,7 @@ def to_record(item: Any, kind: str = "auto") -> Record:
   if isinstance(item, (list, tuple)):
     if kind == "text":
       raise FieldError("text", "missing_field", _MISSING["text"] + ", got a list of turns")
-    text, spans = _chat(item, "turns")
-    return Record(text, spans)
+    return _supervised(_chat(item, "turns"), template)
   if not isinstance(item, dict):
     raise FieldError("", "not_a_record", f"expected a JSON object, got {type(item).__name__}")
   lang = _str_field(item, "lang", required=False)
@@ -303,22 +299,21 @@ def to_record(item: Any, kind: str = "auto") -> Record:
     if "question" in item or "answer" in item:
       q = _str_field(item, "question", required=True)
       a = _str_field(item, "answer", required=True)
-      text, spans = _render([(q, True), (a, False)])
-      return Record(text, spans, lang, source)
+      return _supervised([(q, True), (a, False)], template, lang, source)
     for field in CHAT_FIELDS:
       if field in item:
-        text, spans = _chat(item[field], field)
-        return Record(text, spans, lang, source)
+        return _supervised(_chat(item[field], field), template, lang, source)
   raise FieldError("text" if kind != "sft" else "question", "missing_field", _MISSING[kind])
 
 
-def iter_records(path: str, kind: str = "auto") -> Iterator[tuple[int | str, Record | DataError]]:
+def iter_records(path: str, kind: str = "auto", template: chat.ChatTemplate = DEFAULT_TEMPLATE
+                 ) -> Iterator[tuple[int | str, Record | DataError]]:
   """(location, Record or DataError) for every item of a file."""
   for loc, item in iter_items(path):
     if isinstance(item, DataError):
       yield loc, item
       continue
     try:
-      yield loc, to_record(item, kind)
+      yield loc, to_record(item, kind, template)
     except FieldError as e:
       yield loc, DataError(path, loc, e.kind, str(e), field=e.field)

@@ -199,6 +199,17 @@ def _pieces(text: str, spans) -> list[tuple[str, bool]]:
   return out
 
 
+def _segments(text: str, spans) -> list[tuple[str, str]]:
+  """Segmented records (chat.Rendered.segmented): [(segment, its masked prefix)], a segment
+  from each span start to the next (text before the first span: a segment with no prefix)."""
+  starts = [s for s, _ in spans]
+  out = [(text[:starts[0]], "")] if starts and starts[0] > 0 else []
+  for k, (start, end) in enumerate(spans):
+    stop = starts[k + 1] if k + 1 < len(starts) else len(text)
+    out.append((text[start:stop], text[start:end]))
+  return out
+
+
 class _ReadTokenize:
   """A batch of record ids -> [{"tokens", "lang_ids", "loss_mask"}] (BOS + ids + EOS each)."""
 
@@ -211,29 +222,47 @@ class _ReadTokenize:
       recs = self._source.__getitems__(ids)
     else:
       recs = [self._source[i] for i in ids]
-    # Every piece of every record in one encode call; prompt pieces are encoded separately so
-    # that the mask boundary falls between tokens.
+    # Every piece of every record in one encode call. Plain records: prompt pieces are encoded
+    # separately so that the mask boundary falls between tokens. Segmented records (the
+    # official Apollo format): each segment is encoded whole and its first
+    # len(encode(prefix)) tokens are masked, as the official preprocessing does.
     texts, layout = [], []
     for rec in recs:
       text, spans = _str(rec["text"]), rec.get("prompt_spans") or ()
+      if isinstance(spans, dict):  # {"segments": [...]}: chat.Rendered.segmented
+        segs = _segments(text, spans["segments"])
+        layout.append(("segments", len(segs)))
+        texts.extend(t for t, _ in segs)
+        texts.extend(p for _, p in segs)
+        continue
       pieces = _pieces(text, spans) if spans else [(text, False)]
-      layout.append([p for _, p in pieces])
+      layout.append(("pieces", [p for _, p in pieces]))
       texts.extend(t for t, _ in pieces)
     encoded = self._tok.encode_batch(texts)
     bos, eos = self._tok.bos_id, self._tok.eos_id
     out, k = [], 0
-    for rec, flags in zip(recs, layout):
+    for rec, (how, what) in zip(recs, layout):
       parts, masks = [np.asarray([bos], np.int32)], [np.zeros(1, np.int32)]
-      for is_prompt in flags:
-        piece = np.asarray(encoded[k], np.int32)
-        k += 1
-        parts.append(piece)
-        masks.append(np.full(piece.shape, 0 if is_prompt else 1, np.int32))
+      if how == "segments":
+        for j in range(what):
+          piece = np.asarray(encoded[k + j], np.int32)
+          n_masked = min(len(encoded[k + what + j]) if texts[k + what + j] else 0, len(piece))
+          parts.append(piece)
+          masks.append((np.arange(len(piece)) >= n_masked).astype(np.int32))
+        k += 2 * what
+        last_is_target = bool(len(masks[-1]) and masks[-1][-1])
+      else:
+        for is_prompt in what:
+          piece = np.asarray(encoded[k], np.int32)
+          k += 1
+          parts.append(piece)
+          masks.append(np.full(piece.shape, 0 if is_prompt else 1, np.int32))
+        last_is_target = not what[-1]
       parts.append(np.asarray([eos], np.int32))
-      masks.append(np.asarray([0 if flags[-1] else 1], np.int32))
+      masks.append(np.asarray([int(last_is_target)], np.int32))
       tokens = np.concatenate(parts)
       mask = np.concatenate(masks)
-      if len(flags) == 1 and not flags[0]:
+      if how == "pieces" and len(what) == 1 and not what[0]:
         mask[0] = 1  # a text record: every token, BOS included, counts as real
       lang = self._lang_index[_str(rec["lang"])]
       out.append({"tokens": tokens, "lang_ids": np.full(tokens.shape, lang, np.int32),
@@ -340,7 +369,8 @@ def make_lm_dataset(
     replay: tuple[Sequence[str], float] | None = None,
 ) -> grain.IterDataset:
   """Training batches from `source`: a TextSource, a ConcatSource (several weighted sources),
-  or any sequence of {"text", "lang"[, "prompt_spans"]} records.
+  or any sequence of {"text", "lang"[, "prompt_spans"]} records (prompt_spans: [[start, end], ...],
+  or {"segments": [[start, end], ...]} for the segmented chat format, data/chat.py).
 
   `languages` selects and orders the languages (lang_ids index it); records of other languages
   are skipped, and so are sources of weight 0. repeat=True: the infinite temperature-weighted

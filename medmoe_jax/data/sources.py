@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from medmoe_jax.data import formats, langid, specs
+from medmoe_jax.data import chat, formats, langid, specs
 from medmoe_jax.data.specs import SAMPLE_TEXT_DIR, SourceSpec, sample_files  # noqa: F401
 
 FORMAT_VERSION = "2.0.0"
@@ -87,7 +87,8 @@ def _expand(runs: Sequence[Sequence[Any]]) -> list[str]:
 
 
 class TextSource:
-  """Random-access records of one split: {"text", "lang", "source": str, "prompt_spans": list}.
+  """Random-access records of one split: {"text", "lang", "source": str, "prompt_spans": list of
+  [start, end], or {"segments": list} for segmented records (data/chat.py)}.
 
   Implements grain's RandomAccessDataSource protocol (__len__, __getitem__, __getitems__) over
   ArrayRecord files, and knows each record's language (`lang_runs`) without reading it.
@@ -116,6 +117,7 @@ class TextSource:
     f = _example_proto().FromString(raw).features.feature
     get = lambda k: f[k].bytes_list.value[0].decode("utf-8") if k in f else ""  # noqa: E731
     spans = get("prompt_spans")
+    # A list of [start, end], or {"segments": [...]} for segmented records (chat.Rendered).
     return {"text": get("text"), "lang": get("lang"), "source": get("source"),
             "prompt_spans": json.loads(spans) if spans else []}
 
@@ -300,11 +302,11 @@ def _file_key(path: str) -> list[Any]:
 
 
 def _fingerprint(spec: SourceSpec, files: Sequence[str], on_error: str, every: int,
-                 known: specs.KnownLanguages) -> str:
+                 known: specs.KnownLanguages, template: chat.ChatTemplate) -> str:
   # The known languages enter through the config's own codes; the fixed tables are versioned
   # with the code (FORMAT_VERSION).
   h = hashlib.sha256(json.dumps(
-      [FORMAT_VERSION, every, on_error, spec.lang, spec.kind, known.custom]).encode())
+      [FORMAT_VERSION, every, on_error, spec.lang, spec.kind, known.custom, template.key]).encode())
   for f in files:
     h.update(json.dumps(_file_key(f)).encode())
   return h.hexdigest()
@@ -313,8 +315,10 @@ def _fingerprint(spec: SourceSpec, files: Sequence[str], on_error: str, every: i
 class _Scan:
   """One pass over a source's files: normalise, tag languages, split, count, write temp JSONL."""
 
-  def __init__(self, spec: SourceSpec, files, on_error, every, candidates, known, tmp_dir):
+  def __init__(self, spec: SourceSpec, files, on_error, every, candidates, known, tmp_dir,
+               template: chat.ChatTemplate):
     self.spec, self.files, self.on_error, self.every = spec, files, on_error, every
+    self.template = template
     self.candidates, self.known = candidates, known
     self.detector = None
     self.file_lang = spec.lang
@@ -377,7 +381,7 @@ class _Scan:
         if self.spec.lang == specs.FROM_PATH:
           self.file_lang = specs.lang_from_path(path, self.candidates)
           self.path_langs[path] = self.file_lang
-        for loc, rec in formats.iter_records(path, self.spec.kind):
+        for loc, rec in formats.iter_records(path, self.spec.kind, self.template):
           if isinstance(rec, formats.DataError):
             self._bad(rec)
             if rec.fatal:
@@ -390,9 +394,10 @@ class _Scan:
             continue
           split = "validation" if self.every and kept % self.every == 0 else "train"
           kept += 1
+          spans = [list(s) for s in rec.prompt_spans]
           outs[split].write(json.dumps(
               [rec.text, lang, rec.source if rec.source is not None else self.spec.name,
-               [list(s) for s in rec.prompt_spans]], ensure_ascii=False) + "\n")
+               {"segments": spans} if rec.segmented else spans], ensure_ascii=False) + "\n")
           runs = self.runs[split]
           if runs and runs[-1][0] == lang:
             runs[-1][1] += 1
@@ -445,12 +450,14 @@ def build_source(
     detect: Sequence[str] | None = None,
     known: specs.KnownLanguages | None = None,
     log=None,
+    template: chat.ChatTemplate = formats.DEFAULT_TEMPLATE,
 ) -> BuiltSource:
   """Builds `spec` once under `data_dir/<spec.name>/`; reuses a build whose inputs are unchanged.
 
   detect: default detection candidates for records without `lang` (spec.detect wins), normally
   the config's languages; None/empty: such records are an error unless spec.lang is set.
   known: the language codes a record may carry (default: known_languages()).
+  template: how supervised records are rendered (data/chat.py; part of the fingerprint).
   """
   if on_error not in ON_ERROR:
     raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -466,7 +473,7 @@ def build_source(
   for f in files:
     formats.file_format(f)  # unknown extensions fail before anything is read
   candidates = tuple(sorted(set(spec.detect if spec.detect is not None else (detect or ()))))
-  base = _fingerprint(spec, files, on_error, validation_every, known)
+  base = _fingerprint(spec, files, on_error, validation_every, known, template)
 
   root = pathlib.Path(data_dir) / spec.name
   version_dir = root / FORMAT_VERSION
@@ -489,18 +496,19 @@ def build_source(
       if log:
         log(f"building source {spec.name!r} from {len(files)} file(s) into {version_dir}")
       meta = _build(spec, files, root, version_dir, on_error, validation_every, candidates,
-                    known, base)
+                    known, base, template)
   splits = {s: TextSource(_split_paths(version_dir, spec.name, s), meta["lang_runs"][s],
                           name=f"{spec.name}/{s}") for s in SPLITS}
   return BuiltSource(spec, splits, meta["stats"], built, version_dir)
 
 
-def _build(spec, files, root, version_dir, on_error, every, candidates, known, fingerprint):
+def _build(spec, files, root, version_dir, on_error, every, candidates, known, fingerprint,
+           template):
   if version_dir.exists():
     shutil.rmtree(version_dir)  # our own build, of inputs or options that have changed since
   root.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(prefix="scan-", dir=root) as tmp:
-    scan = _Scan(spec, files, on_error, every, candidates, known, tmp)
+    scan = _Scan(spec, files, on_error, every, candidates, known, tmp, template)
     scan.run()
     stats = scan.stats()
     if not sum(sum(d.values()) for d in stats["documents"].values()):
@@ -532,10 +540,11 @@ def _build(spec, files, root, version_dir, on_error, every, candidates, known, f
   return meta
 
 
-def iter_texts(spec: SourceSpec, on_error: str = "raise") -> Iterator[str]:
+def iter_texts(spec: SourceSpec, on_error: str = "raise",
+               template: chat.ChatTemplate = formats.DEFAULT_TEMPLATE) -> Iterator[str]:
   """The text of every record of a source, in file order (no language handling): tokenizer input."""
   for path in spec.files():
-    for _, rec in formats.iter_records(path, spec.kind):
+    for _, rec in formats.iter_records(path, spec.kind, template):
       if isinstance(rec, formats.DataError):
         if on_error == "raise":
           raise rec
