@@ -377,6 +377,11 @@ class _MetricAccumulator:
       out["own_expert_rate"] = {
           l: [round(float(hits[j, i] / toks[j, i]), 4) for j in range(hits.shape[0])]
           for i, l in enumerate(self.languages) if toks[0, i] > 0}
+    if "expert0_prob_sum" in a:
+      # MoE-LPR: mean router probability of expert 0 on original-language tokens, per MoE layer.
+      p0, n0 = a["expert0_prob_sum"], a["original_tokens"]
+      out["expert0_prob_original"] = [round(float(p / t), 5) if t > 0 else None
+                                      for p, t in zip(p0, n0)]
     out["tokens"] = float(a.get("tokens", 0))
     if self.count_skips:
       out["skipped_steps"] = self.skipped

@@ -108,3 +108,24 @@ def test_the_comparison_can_fail(models):
   for name, ppl in (("new expert", new_expert), ("learned routing", learned),
                     ("expert 0 moved", expert0_moved)):
     assert abs(ppl / base - 1) > 1e-5, (name, ppl, base)
+
+
+def test_stage2_logs_expert0_probability_per_layer():
+  """metrics.jsonl's expert0_prob_original: per MoE layer, the mean router probability of expert
+  0 on the replayed original-language tokens (what MoE-LPR's stage 2 drives towards 1). Checked
+  against the LPR loss logged beside it: mean p >= exp(mean log p) (Jensen), per layer and so on
+  the layer average, and a probability."""
+  run = method_runs.get("moe_lpr_stage2")
+  seen = 0
+  for rec in run.history:
+    p = rec["expert0_prob_original"]
+    assert len(p) == 2, p
+    if p[0] is None:  # a log window without original-language tokens (its LPR loss is 0)
+      assert p == [None, None] and rec["lpr_loss"] == 0.0 and not {"en", "zh", "es"} & set(rec["lang_loss"])
+      continue
+    seen += 1
+    assert all(0.0 < x < 1.0 for x in p), p
+    assert np.mean(p) >= np.exp(-rec["lpr_loss"]) - 1e-6, (p, rec["lpr_loss"])
+  assert seen >= 1
+  # Stage 1 trains on new languages only: no original tokens, no such field.
+  assert all("expert0_prob_original" not in r for r in method_runs.get("moe_lpr_stage1").history)

@@ -236,6 +236,10 @@ class MoEFeedForward(nnx.Module):
       orig = jnp.asarray(m.lang_is_original, jnp.float32)
       is_orig = jnp.where(flat_lang >= 0, orig[jnp.maximum(flat_lang, 0)], 0.0) * flat_valid
       aux["lpr_loss"] = routing.lpr_loss(flat_logits, is_orig)
+      # MoE-LPR's convergence signal: p_router(expert 0) summed over original-language tokens
+      # (token-weighted over a log window: sum / count).
+      aux["expert0_prob_sum"] = jnp.sum(r.probs[:, 0] * is_orig)
+      aux["original_tokens"] = jnp.sum(is_orig)
     num_langs = len(m.lang_to_expert)
     aux.update(routing.router_stats(r.probs, r.indices, flat_valid, forced, num_langs, flat_lang))
     return y, aux

@@ -62,7 +62,8 @@ def forward_loss(params, graphdef, batch, rng, weights: LossWeights, num_langs: 
         metrics[name] = value
         if w:
           loss = loss + w * value
-    for name in ("expert_load", "router_entropy", "dropped_fraction", "lang_own_hits"):
+    for name in ("expert_load", "router_entropy", "dropped_fraction", "lang_own_hits",
+                 "expert0_prob_sum", "original_tokens"):
       if name in aux:
         metrics[name] = aux[name]
     if "lang_tokens" in aux:
