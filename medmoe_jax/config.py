@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
       # so a per-row capacity below E/k drops tokens; 4.0 drops none at 7 experts top-2.
       capacity_factor_train=4.0, capacity_factor_eval=4.0, jitter=0.0,
       lb_loss_weight=0.0, z_loss_weight=0.0, lpr_loss_weight=0.0,
+      # A shared expert in every MoE layer (Qwen2-MoE's): its SwiGLU width (0 = none) and a
+      # per-token sigmoid gate, Linear(d_model -> 1), on its output. Upcycling starts it fresh.
+      shared_expert_d_ff=0, shared_expert_gate=False,
       # MoE-CT: M MoE blocks appended after the last (frozen) base block, fused with the base
       # hidden state by a gate that starts closed (our interpretation; see model/transformer.py).
       appended=0))
@@ -237,6 +240,12 @@ def validate(c, num_devices: int | None = None) -> None:
     for key in ("capacity_factor_train", "capacity_factor_eval"):
       if moe[key] <= 0:
         raise _err(f"moe.{key}", f"must be > 0, got {moe[key]}")
+    shared = moe.get("shared_expert_d_ff", 0)
+    if not isinstance(shared, int) or isinstance(shared, bool) or shared < 0:
+      raise _err("moe.shared_expert_d_ff", f"{shared!r}; use an int >= 0 (0 = no shared expert)")
+    if moe.get("shared_expert_gate", False) and not shared:
+      raise _err("moe.shared_expert_gate", "gates the shared expert, but "
+                 "config.moe.shared_expert_d_ff=0 (none); set a width or drop the gate")
   assignment = expert_assignment(c)  # raises on unknown languages / missing families
   # Experts beyond the language experts are allowed (never forced; e.g. padding 7 family
   # experts to 8 so they shard evenly over an expert axis of 4).
@@ -280,7 +289,8 @@ def validate(c, num_devices: int | None = None) -> None:
                  f"num_experts={moe.num_experts}; use a divisor of {moe.num_experts}")
     tp = shape["tensor"]
     for key, val in (("model.num_kv_heads", m.num_kv_heads), ("model.num_heads", m.num_heads),
-                     ("model.d_ff", m.d_ff)):
+                     ("model.d_ff", m.d_ff),
+                     ("moe.shared_expert_d_ff", moe.get("shared_expert_d_ff", 0) if has_moe else 0)):
       if val % tp:
         raise _err("mesh.tensor", f"tensor={tp} does not divide {key}={val}")
     if m.d_model % shape["fsdp"]:
@@ -407,7 +417,9 @@ def model_spec(c) -> ModelSpec:
       router_init_std=moe.router_init_std, backend=moe.backend,
       grouped_matmul=moe.grouped_matmul,
       capacity_factor_train=moe.capacity_factor_train,
-      capacity_factor_eval=moe.capacity_factor_eval, jitter=moe.jitter)
+      capacity_factor_eval=moe.capacity_factor_eval, jitter=moe.jitter,
+      shared_d_ff=int(moe.get("shared_expert_d_ff", 0)),
+      shared_gate=bool(moe.get("shared_expert_gate", False)))
   return ModelSpec(
       vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
       num_kv_heads=m.num_kv_heads, head_dim=m.head_dim or m.d_model // m.num_heads, d_ff=m.d_ff,

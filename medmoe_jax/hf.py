@@ -355,6 +355,9 @@ def hf_config(spec, *, dtype: str, lb_loss_weight: float = 0.0, max_positions: i
 
 
 def check_exportable(spec) -> None:
+  if spec.moe_layer_indices and spec.moe.shared_d_ff:
+    raise HFError("this model has a shared expert (moe.shared_expert_d_ff="
+                  f"{spec.moe.shared_d_ff}); its export is not implemented yet")
   if any(kind == "appended" for kind, _ in spec.segments):
     raise HFError("MoE-CT's appended blocks and fusion gate have no Hugging Face (Qwen2-MoE) "
                   "equivalent; this model cannot be exported")

@@ -90,6 +90,28 @@ def test_dropless_moe_flops_count_the_active_experts():
       tokens * (e - k) * per_expert_token - combine_weight_grad)
 
 
+def test_shared_expert_flops_and_parameters_are_counted():
+  """A gated shared expert of width Fs adds, per MoE layer and token, its three SwiGLU matmuls
+  and the gate's D -> 1 matmul, forward and both gradients, on every backend; and its
+  parameters to the memory report."""
+  c = load_config("post_moe")
+  c.model.update(dict(vocab_size=512, d_model=64, num_layers=3, num_heads=4, num_kv_heads=2, d_ff=96))
+  c.data.update(dict(seq_len=16, batch_size=2))
+  tokens, d, fs, moe_layers = 2 * 16, 64, 40, 2
+  for backend in ("dense", "dropless"):
+    counted, n_params = {}, {}
+    for width in (0, fs):
+      c.moe.backend = backend
+      c.moe.shared_expert_d_ff, c.moe.shared_expert_gate = width, bool(width)
+      fc = dryrun.flops_config(c)
+      t = Trainer(fc, "", mesh=sharding.make_mesh(fc, jax.devices()[:1])).setup_step()
+      counted[width] = dryrun.matmul_flops(t.train_step.trace(*t.abstract_step_inputs()).jaxpr)
+      abstract = t.abstract_step_inputs()[0].params
+      n_params[width] = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
+    assert counted[fs] - counted[0] == moe_layers * 3 * 2 * tokens * (3 * d * fs + d), backend
+    assert n_params[fs] - n_params[0] == moe_layers * (3 * d * fs + d)
+
+
 def test_invalid_mesh_fails_before_compiling():
   # 64 devices, but the mesh asks for 3 x 8: config validation stops it, no compile.
   c = load_config("post_moe", "7b")

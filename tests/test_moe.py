@@ -215,12 +215,25 @@ VARIANTS = {
 ON_MESHES = ("dense", "capacity_tight", "dropless", "ragged_dot", "megablox")
 
 
-def _spec(backend, gmm_impl, cf):
+# The same backends with a gated shared expert (Qwen2-MoE's layout) of its own width.
+SHARED_F = 24
+SHARED_VARIANTS = {f"{n}_shared": VARIANTS[n] for n in ("dense", "capacity", "dropless",
+                                                        "ragged_dot", "megablox")}
+
+
+def _spec(backend, gmm_impl, cf, shared=False):
   # 8 experts, 5 languages -> experts 0, 3, 5, 7, 7; weights large enough that routing is sharp.
   m = MoESpec(num_experts=E, top_k=2, d_ff=F, lang_to_expert=(0, 3, 5, 7, 7),
               language_routing="hybrid", router_init_std=0.5, backend=backend,
-              grouped_matmul=gmm_impl, capacity_factor_train=cf)
+              grouped_matmul=gmm_impl, capacity_factor_train=cf,
+              shared_d_ff=SHARED_F if shared else 0, shared_gate=shared)
   return ModelSpec(d_model=D, init_std=0.2, moe=m)
+
+
+def _variant_spec(name):
+  if name in SHARED_VARIANTS:
+    return _spec(*SHARED_VARIANTS[name], shared=True)
+  return _spec(*VARIANTS[name])
 
 
 def _batch(forced: bool):
@@ -237,7 +250,7 @@ def _batch(forced: bool):
 
 def _loss_and_grads(names):
   """One jitted function: for each variant, (loss, y, dropped, grads wrt params and x)."""
-  graphdefs = {n: nnx.split(MoEFeedForward(_spec(*VARIANTS[n]), rngs=nnx.Rngs(0)), nnx.Param)[0]
+  graphdefs = {n: nnx.split(MoEFeedForward(_variant_spec(n), rngs=nnx.Rngs(0)), nnx.Param)[0]
                for n in names}
 
   def loss(params, x, lang, valid, ct, name):
@@ -254,8 +267,8 @@ def _loss_and_grads(names):
   return _jit(f)
 
 
-def _params():
-  return nnx.to_pure_dict(nnx.state(MoEFeedForward(_spec("dense", "auto", 4.0),
+def _params(shared=False):
+  return nnx.to_pure_dict(nnx.state(MoEFeedForward(_spec("dense", "auto", 4.0, shared),
                                                    rngs=nnx.Rngs(0)), nnx.Param))
 
 
@@ -286,6 +299,60 @@ def test_backends_agree_when_nothing_dropped(single_device, forced):
   # Forcing changes the routing (and so the output) of tagged tokens.
   other = single_device[not forced]["dense"]
   assert np.abs(np.asarray(res["dense"]["y"]) - np.asarray(other["y"])).max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def single_device_shared():
+  f = _loss_and_grads(tuple(SHARED_VARIANTS))
+  dev = jax.devices()[0]
+  return jax.device_get(f(*jax.device_put((_params(shared=True),) + _batch(True), dev)))
+
+
+def test_shared_expert_adds_its_gated_output_on_every_backend(single_device,
+                                                              single_device_shared):
+  res = single_device_shared
+  for name in ("capacity_shared", "dropless_shared", "ragged_dot_shared", "megablox_shared"):
+    assert float(res[name]["dropped"]) == 0.0, name
+    _assert_close(res[name], res["dense_shared"], f"{name} vs dense_shared")
+  # By value: the routed experts' output (the same first draws of nnx.Rngs(0)) plus
+  # sigmoid(x . g) * SwiGLU_shared(x), on every token, padding included.
+  p = _params(shared=True)
+  assert set(p) == {"router", "wi_gate", "wi_up", "wo", "shared_expert", "shared_expert_gate"}
+  assert p["shared_expert"]["gate_proj"]["kernel"].shape == (D, SHARED_F)
+  assert p["shared_expert_gate"]["kernel"].shape == (D, 1)
+  base = _params()
+  jax.tree.map(np.testing.assert_array_equal, base, {k: p[k] for k in base})
+  x = _batch(True)[0]
+  se = p["shared_expert"]
+  shared = _ffn(x, se["gate_proj"]["kernel"], se["up_proj"]["kernel"], se["down_proj"]["kernel"])
+  gate = jax.nn.sigmoid(x @ p["shared_expert_gate"]["kernel"])
+  np.testing.assert_allclose(res["dense_shared"]["y"], single_device[True]["dense"]["y"] + gate * shared,
+                             rtol=1e-5, atol=1e-5)
+  assert float(np.abs(gate * shared).max()) > 0.1  # the shared expert changes the output
+  # Its parameters get gradients (it trains) and the gate's gradient is not zero.
+  g = res["dense_shared"]["grads"][0]
+  assert float(np.abs(g["shared_expert_gate"]["kernel"]).max()) > 0
+  assert float(np.abs(g["shared_expert"]["down_proj"]["kernel"]).max()) > 0
+
+
+@pytest.mark.parametrize("mesh_shape", [dict(expert=8), dict(fsdp=2, expert=4),
+                                        dict(data=2, expert=2, tensor=2)])
+def test_shared_expert_mesh_equals_single_device(single_device_shared, mesh_shape):
+  names = ("dense_shared", "capacity_shared", "dropless_shared")
+  dims = [mesh_shape.get(a, 1) for a in cfg_lib.MESH_AXES]
+  mesh = Mesh(np.asarray(jax.devices()).reshape(dims), cfg_lib.MESH_AXES)
+  abstract = nnx.state(nnx.eval_shape(lambda: MoEFeedForward(_spec("dense", "auto", 4.0, True),
+                                                             rngs=nnx.Rngs(0))), nnx.Param)
+  params = jax.device_put(_params(shared=True), sharding.state_shardings(abstract, mesh))
+  batch = jax.device_put(_batch(True), NamedSharding(mesh, P(sharding.BATCH_AXES)))
+  with jax.set_mesh(mesh):
+    out = jax.device_get(_loss_and_grads(names)(params, *batch))
+  for name in names:
+    _assert_close(out[name], single_device_shared[name], f"{name} on {mesh_shape}")
+  # The shared expert is sharded as the dense FFN: width over tensor, d_model over fsdp.
+  kernel = params["shared_expert"]["gate_proj"]["kernel"]
+  assert kernel.sharding.shard_shape(kernel.shape) == (D // mesh_shape.get("fsdp", 1),
+                                                       SHARED_F // mesh_shape.get("tensor", 1))
 
 
 @pytest.mark.parametrize("mesh_shape, names", [
@@ -339,3 +406,20 @@ def test_config_accepts_backends_and_rejects_unknown():
   c.moe.grouped_matmul = "cublas"
   with pytest.raises(cfg_lib.ConfigError, match="config.moe.grouped_matmul"):
     cfg_lib.validate(c, 1)
+
+
+@pytest.mark.parametrize("key, value, err", [
+    ("shared_expert_d_ff", -1, "config.moe.shared_expert_d_ff"),
+    ("shared_expert_d_ff", 1.5, "config.moe.shared_expert_d_ff"),
+    ("shared_expert_gate", True, "config.moe.shared_expert_gate")])
+def test_config_rejects_bad_shared_expert(key, value, err):
+  from conftest import load_config
+  c = load_config("post_moe")
+  with c.ignore_type():
+    c.moe[key] = value
+  with pytest.raises(cfg_lib.ConfigError, match=err):
+    cfg_lib.validate(c, 1)
+  c = load_config("post_moe")
+  c.moe.shared_expert_d_ff, c.moe.shared_expert_gate = 64, True
+  cfg_lib.validate(c, 1)
+  assert (cfg_lib.model_spec(c).moe.shared_d_ff, cfg_lib.model_spec(c).moe.shared_gate) == (64, True)

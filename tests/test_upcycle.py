@@ -76,6 +76,24 @@ def test_renormalised_upcycle_equals_dense_at_step0(dense, method, name, train):
   np.testing.assert_array_equal(moe["router"], new_router)
 
 
+def test_upcycle_keeps_a_shared_expert_fresh(dense):
+  """A shared expert (moe.shared_expert_d_ff) is new in the MoE layers: upcycling copies the
+  dense FFN into the routed experts and takes the shared expert and its gate from the fresh
+  init, which then adds to the dense model's output."""
+  dspec, dparams, ref = dense
+  c = _config("post_moe", norm_topk=True, shared_expert_d_ff=24, shared_expert_gate=True)
+  spec = cfg_lib.model_spec(c)
+  fresh = random_params(spec, seed=2)
+  params = upcycle.upcycle("apollo", dparams, fresh, spec)
+  last = len(spec.segments) - 1
+  got, new = params["segments"][last]["blocks"]["ffn"], fresh["segments"][last]["blocks"]["ffn"]
+  for key in ("shared_expert", "shared_expert_gate", "router"):
+    jax.tree.map(np.testing.assert_array_equal, got[key], new[key])
+  n = got["wi_up"].shape[0]
+  np.testing.assert_array_equal(got["wi_up"][:, 3], dparams["segments"][0]["blocks"]["ffn"]["up_proj"]["kernel"][-n:])
+  assert np.abs(_logits(spec, params) - ref).max() > 1e-3
+
+
 def test_unnormalised_layer_is_weight_sum_times_dense_ffn():
   spec = cfg_lib.model_spec(_config(layers="last:1", norm_topk=False, language_routing="none"))
   ffn = random_params(cfg_lib.model_spec(_config("dense")), seed=3)["segments"][0]["blocks"]["ffn"]

@@ -219,16 +219,18 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x)); width `d_ff` (default spec.d_ff; an MoE
+  layer's shared expert passes its own)."""
 
-  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+  def __init__(self, spec: ModelSpec, *, d_ff: int | None = None, rngs: nnx.Rngs):
     pd = dtype_of(spec.param_dtype)
+    f = d_ff or spec.d_ff
     init = lambda axes: normal_init(spec.init_std, axes)
-    self.gate_proj = nnx.Linear(spec.d_model, spec.d_ff, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+    self.gate_proj = nnx.Linear(spec.d_model, f, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
                                 kernel_init=init(("embed", "mlp")), rngs=rngs)
-    self.up_proj = nnx.Linear(spec.d_model, spec.d_ff, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+    self.up_proj = nnx.Linear(spec.d_model, f, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
                               kernel_init=init(("embed", "mlp")), rngs=rngs)
-    self.down_proj = nnx.Linear(spec.d_ff, spec.d_model, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+    self.down_proj = nnx.Linear(f, spec.d_model, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
                                 kernel_init=init(("mlp", "embed")), rngs=rngs)
 
   def __call__(self, x):

@@ -30,7 +30,7 @@ from jax import lax
 
 from medmoe_jax.model import expert_parallel, gmm, routing
 from medmoe_jax.model.expert_parallel import ExpertAxis
-from medmoe_jax.model.layers import dtype_of, normal_init
+from medmoe_jax.model.layers import MLP, as_rows, dtype_of, normal_init
 from medmoe_jax.model.spec import ModelSpec
 
 BACKENDS = ("auto", "dense", "capacity", "dropless")
@@ -190,7 +190,8 @@ def dropless_dispatch(x, indices, weights, valid, weights_e, impl: str,
 
 
 class MoEFeedForward(nnx.Module):
-  """Router + E SwiGLU experts. Reads each token's language to force its own expert."""
+  """Router + E SwiGLU experts (+ an optional shared expert every token uses). Reads each
+  token's language to force its own expert."""
 
   def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
     m = spec.moe
@@ -202,6 +203,23 @@ class MoEFeedForward(nnx.Module):
     self.wi_gate = nnx.Param(init(("expert", "embed", "mlp"), (m.num_experts, spec.d_model, m.d_ff)))
     self.wi_up = nnx.Param(init(("expert", "embed", "mlp"), (m.num_experts, spec.d_model, m.d_ff)))
     self.wo = nnx.Param(init(("expert", "mlp", "embed"), (m.num_experts, m.d_ff, spec.d_model)))
+    if m.shared_d_ff:
+      # Outside the dispatch: a dense SwiGLU sharded like the dense FFN (embed x mlp), so every
+      # backend and mesh runs it the same way.
+      self.shared_expert = MLP(spec, d_ff=m.shared_d_ff, rngs=rngs)
+      if m.shared_gate:
+        self.shared_expert_gate = nnx.Linear(
+            spec.d_model, 1, use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
+            kernel_init=normal_init(spec.init_std, ("embed", None)), rngs=rngs)
+
+  def shared_output(self, x):
+    """The shared expert's output for x: [B, S, D]: sigmoid(gate(x)) * SwiGLU(x) with the gate
+    (HF Qwen2-MoE's order), SwiGLU(x) without."""
+    y = self.shared_expert(x)
+    if self.spec.moe.shared_gate:
+      g = self.shared_expert_gate(as_rows(x)).astype(jnp.float32)
+      y = (jax.nn.sigmoid(g).reshape(*x.shape[:-1], 1) * y.astype(jnp.float32)).astype(x.dtype)
+    return y
 
   def __call__(self, x, lang_ids, valid, *, train: bool, rng=None):
     """x: [B, S, D]; lang_ids: [B, S] (-1 = none); valid: [B, S] bool (False = padding).
@@ -226,6 +244,8 @@ class MoEFeedForward(nnx.Module):
     dispatch_fn, check_vma = make_dispatch(m, s, k, train)
     y, dropped = expert_parallel.dispatch(dispatch_fn, x, indices, weights, valid, experts,
                                           check_vma=check_vma)
+    if m.shared_d_ff:
+      y = y + self.shared_output(x)
 
     aux = {
         "lb_loss": routing.load_balance_loss(r.probs, r.indices, flat_valid),

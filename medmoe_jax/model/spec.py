@@ -37,6 +37,11 @@ class MoESpec:
   capacity_factor_train: float = 2.0
   capacity_factor_eval: float = 4.0
   jitter: float = 0.0
+  # A shared expert every token goes through, added to the routed experts' output (Qwen2-MoE's
+  # `shared_expert`): its SwiGLU width (0 = none) and whether a sigmoid gate, Linear(D -> 1),
+  # scales its output per token (Qwen2-MoE's `shared_expert_gate`).
+  shared_d_ff: int = 0
+  shared_gate: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
