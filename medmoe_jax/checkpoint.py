@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from medmoe_jax.training import faults
+from medmoe_jax.treepath import path_str
 from medmoe_jax.training.step import TrainState
 
 # Test hook (tests/test_kill_resume.py): "STEP:SECONDS" pauses the background save of STEP after
@@ -58,10 +59,6 @@ class _IteratorState:
 
 def _as_dict(state: TrainState) -> dict:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-
-
-def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 class _DropReadOnlyNotice(logging.Filter):
@@ -159,9 +156,9 @@ class Checkpointer:
     # Parameters first: the first mismatch named should be a parameter, not an Adam moment.
     want = {}
     for part in ("params", "opt_state", "step"):
-      want.update({f"{part}/{_path_str(p)}".rstrip("/"): x for p, x in
+      want.update({f"{part}/{path_str(p)}".rstrip("/"): x for p, x in
                    jax.tree_util.tree_flatten_with_path(_as_dict(abstract_state)[part])[0]})
-    have = {_path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(
+    have = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(
         saved, is_leaf=lambda x: hasattr(x, "shape"))[0]}
     fix = ("resume with the config that wrote it (see config.json next to checkpoints/) or "
            "pass a new --workdir")

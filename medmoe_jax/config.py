@@ -13,7 +13,8 @@ import re
 import ml_collections
 
 from medmoe_jax import languages as langs
-from medmoe_jax.model.spec import ModelSpec, MoESpec, parse_moe_layers, segments_for
+from medmoe_jax.model.spec import (BACKENDS, GROUPED_MATMULS, LANGUAGE_ROUTING, ModelSpec, MoESpec,
+                                   parse_moe_layers, segments_for)
 from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
@@ -145,6 +146,12 @@ def _err(key: str, msg: str) -> ConfigError:
   return ConfigError(f"config.{key}: {msg}")
 
 
+def _one_of(allowed) -> str:
+  """('a', 'b', 'c') -> "'a', 'b' or 'c'"."""
+  quoted = [repr(a) for a in allowed]
+  return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
 def _csv(value) -> list[str]:
   if isinstance(value, (list, tuple)):
     return [str(v) for v in value]
@@ -230,13 +237,10 @@ def validate(c, num_devices: int | None = None) -> None:
     if not 1 <= moe.top_k <= moe.num_experts:
       raise _err("moe.top_k", f"top_k={moe.top_k} must be in [1, num_experts={moe.num_experts}]; "
                  "lower config.moe.top_k or raise config.moe.num_experts")
-    if moe.language_routing not in ("hybrid", "hard", "none"):
-      raise _err("moe.language_routing", f"{moe.language_routing!r}; use 'hybrid', 'hard' or 'none'")
-    if moe.backend not in ("auto", "dropless", "capacity", "dense"):
-      raise _err("moe.backend", f"{moe.backend!r}; use 'auto', 'dropless', 'capacity' or 'dense'")
-    if moe.grouped_matmul not in ("auto", "chunked", "megablox", "ragged_dot"):
-      raise _err("moe.grouped_matmul", f"{moe.grouped_matmul!r}; use 'auto', 'chunked', "
-                 "'megablox' or 'ragged_dot'")
+    for key, allowed in (("language_routing", LANGUAGE_ROUTING), ("backend", BACKENDS),
+                         ("grouped_matmul", GROUPED_MATMULS)):
+      if moe[key] not in allowed:
+        raise _err(f"moe.{key}", f"{moe[key]!r}; use {_one_of(allowed)}")
     for key in ("capacity_factor_train", "capacity_factor_eval"):
       if moe[key] <= 0:
         raise _err(f"moe.{key}", f"must be > 0, got {moe[key]}")

@@ -8,6 +8,8 @@ import os
 import jax
 import numpy as np
 
+from medmoe_jax.fileio import write_atomic
+
 
 def _scalarize(metrics: dict, prefix="") -> dict:
   """Flatten nested dicts / small arrays into scalar entries (expert_load/layer0/e3, ...)."""
@@ -76,10 +78,7 @@ def truncate_after(workdir: str, step: int) -> None:
   with open(path, encoding="utf-8") as f:
     lines = [l for l in f if _complete(l) and json.loads(l).get("step", 0) <= step]
   # Atomic: a process killed right here must not lose the history it is trimming.
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(lines)
-  os.replace(tmp, path)
+  write_atomic(path, "".join(lines))
 
 
 def _complete(line: str) -> bool:

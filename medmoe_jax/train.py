@@ -13,7 +13,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from medmoe_jax import paths
+from medmoe_jax import fileio, paths, treepath
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/post_moe.py", "Config file (Python, get_config).",
@@ -37,11 +37,6 @@ def data_files(c) -> list[str]:
   """The input files of every source of config.data.sources."""
   from medmoe_jax.data import corpus
   return [f for spec in corpus.source_specs(c) for f in spec.files()]
-
-
-def data_dir_for(c, workdir: str) -> str:
-  from medmoe_jax.data import corpus
-  return corpus.data_dir_for(c, workdir)
 
 
 @dataclasses.dataclass
@@ -212,7 +207,7 @@ class Trainer:
     c = self.config
     os.makedirs(self.workdir, exist_ok=True)
     if jax.process_index() == 0:
-      _write_atomic(os.path.join(self.workdir, "config.json"), cfg_lib.to_json(c))
+      fileio.write_atomic(os.path.join(self.workdir, "config.json"), cfg_lib.to_json(c))
     guard = faults.PreemptionGuard()
     with guard:  # from here on SIGTERM/SIGINT mean "checkpoint, then stop"
       state, iterator = self.initial_state()
@@ -296,21 +291,14 @@ class Trainer:
 _WINDOW_KEY = "_metrics_window"  # reserved key in the checkpoint's data item
 
 
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _shard_like_params(opt_state, param_shardings, default):
   """Adam's mu/nu have the params' tree structure; give each leaf its parameter's sharding."""
   import jax
 
-  flat_params = {tuple(_keys(p)): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+  flat_params = {tuple(treepath.path_keys(p)): s for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
 
   def pick(path, leaf):
-    keys = tuple(_keys(path))
+    keys = tuple(treepath.path_keys(path))
     for n in range(len(keys)):
       if keys[n:] in flat_params and flat_params[keys[n:]] is not None:
         s = flat_params[keys[n:]]
@@ -319,10 +307,6 @@ def _shard_like_params(opt_state, param_shardings, default):
     return default
 
   return jax.tree_util.tree_map_with_path(pick, opt_state)
-
-
-def _keys(path):
-  return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
 
 
 class _MetricAccumulator:

@@ -25,6 +25,7 @@ import numpy as np
 
 # pipeline (grain) is imported where batches are made: config validation imports this module.
 from medmoe_jax.data import chat, sources, specs
+from medmoe_jax.fileio import write_atomic
 
 
 def data_dir_for(c, workdir: str) -> str:
@@ -116,9 +117,7 @@ def count_tokens(built: sources.BuiltSource, tokenizer, batch: int = 256) -> dic
         counts[lang]["tokens"] += len(doc["tokens"]) - 2  # without BOS and EOS
         counts[lang]["targets"] += int(doc["loss_mask"][1:].sum())  # BOS is never a target
     out[split] = counts
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(out, indent=1, sort_keys=True))
-  os.replace(tmp, path)
+  write_atomic(path, json.dumps(out, indent=1, sort_keys=True))
   return out
 
 
@@ -223,9 +222,7 @@ def prepare(c, workdir: str, tokenizer=None, *, log=print) -> dict[str, Any]:
   text = json.dumps(stats, indent=1, sort_keys=True, ensure_ascii=False)
   old = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
   if old is None or json.loads(old) != json.loads(text):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, text)
   stats["built_now"] = [b.spec.name for b in built if b.built]
   if log:
     log(format_stats(stats))

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from medmoe_jax.fileio import write_atomic
+
 FORMAT = "medmoe_jax.eval/1"
 MODES = (("generative", "generative"), ("loglikelihood", "log-lik. acc"),
          ("loglikelihood_norm", "log-lik. acc_norm"))
@@ -35,10 +37,7 @@ def load_results(path: str) -> dict | None:
 
 def write_json(path: str, data: dict) -> None:
   """Atomic: a reader (or a crash) never sees half a file."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=1, ensure_ascii=False, default=_json_default)
-  os.replace(tmp, path)
+  write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, default=_json_default))
 
 
 def _json_default(x):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ("chunked", "ragged_dot", "megablox")
+from medmoe_jax.model.spec import GROUPED_MATMUL_KERNELS as IMPLS
 CHUNK_SIZES = (512, 256, 128, 64, 32, 16, 8)  # powers of two: binary decomposition of a group
 OVERSHOOT_ROWS = 128  # a group's last chunk may run this far past its end (see _chunk_plan)
 

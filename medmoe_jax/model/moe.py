@@ -31,10 +31,7 @@ from jax import lax
 from medmoe_jax.model import expert_parallel, gmm, routing
 from medmoe_jax.model.expert_parallel import ExpertAxis
 from medmoe_jax.model.layers import MLP, as_rows, dtype_of, normal_init
-from medmoe_jax.model.spec import ModelSpec
-
-BACKENDS = ("auto", "dense", "capacity", "dropless")
-GROUPED_MATMULS = ("auto",) + gmm.IMPLS
+from medmoe_jax.model.spec import BACKENDS, GROUPED_MATMULS, ModelSpec
 
 
 def resolve_backend(name: str) -> str:

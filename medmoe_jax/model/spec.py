@@ -12,6 +12,12 @@ from typing import Literal
 # fused with the base hidden state by a learned gate that starts closed (see transformer.py).
 SegmentKind = Literal["dense", "moe", "appended"]
 
+# The allowed values of the MoE settings; config validation and the model read these lists.
+LANGUAGE_ROUTING = ("hybrid", "hard", "none")
+BACKENDS = ("auto", "dropless", "capacity", "dense")  # "auto" = "dropless"
+GROUPED_MATMUL_KERNELS = ("chunked", "ragged_dot", "megablox")
+GROUPED_MATMULS = ("auto", *GROUPED_MATMUL_KERNELS)  # "auto": the platform's (gmm.default_impl)
+
 
 @dataclasses.dataclass(frozen=True)
 class MoESpec:

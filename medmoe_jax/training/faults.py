@@ -66,11 +66,6 @@ class Preempted(Exception):
 _stop_event = threading.Event()
 
 
-def stop_requested() -> bool:
-  """True once SIGTERM/SIGINT asked this process to stop (set by PreemptionGuard)."""
-  return _stop_event.is_set()
-
-
 def wait_for_stop(timeout: float) -> bool:
   """Sleep up to `timeout` seconds, waking early when a stop is requested."""
   return _stop_event.wait(timeout)

@@ -21,14 +21,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from medmoe_jax.treepath import path_str  # re-exported: tests and upcycle name it here
+
 FROZEN, TRAINABLE = "frozen", "trainable"
 
 # Stacked expert weights of a MoE FFN ([..., E, D, F] / [..., E, F, D]); routers are [.., D, E].
 EXPERT_WEIGHT_RE = re.compile(r"(^|/)ffn/(wi_gate|wi_up|wo)$")
 
 
-def path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def _appended_segments(params) -> list[str]:

@@ -111,9 +111,3 @@ def make_train_step(graphdef, tx, weights: LossWeights, num_langs: int):
 
   return train_step
 
-
-def make_eval_step(graphdef, num_langs: int):
-  def eval_step(params, batch):
-    _, metrics = forward_loss(params, graphdef, batch, None, LossWeights(), num_langs, train=False)
-    return metrics
-  return eval_step
