@@ -1,5 +1,12 @@
-"""8 fake CPU devices for multi-device tests; set before JAX initialises."""
+"""8 fake CPU devices for multi-device tests; set before JAX initialises.
+
+Tests live in tests/unit/ (fast, mirroring the package) and tests/e2e/ (real processes, training
+runs, CLIs: everything collected there is marked `e2e`). The fast loop is
+`python -m pytest -q -m "not e2e"`; the full suite is `python -m pytest -q`. This file, helpers.py
+and method_runs.py are importable from both (`from conftest import load_config`).
+"""
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
@@ -15,7 +22,10 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+TESTS = pathlib.Path(__file__).resolve().parent
+REPO = TESTS.parent
+if str(TESTS) not in sys.path:  # helpers.py, method_runs.py from tests/unit/** and tests/e2e/
+  sys.path.insert(0, str(TESTS))
 
 
 def load_config(name: str, arg=None):
@@ -44,3 +54,12 @@ def pytest_configure(config):
   jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "medmoe_jax_test_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+  """Everything under tests/e2e/ is an end-to-end test."""
+  e2e = TESTS / "e2e"
+  for item in items:
+    if e2e in pathlib.Path(str(item.path)).parents:
+      item.add_marker(pytest.mark.e2e)

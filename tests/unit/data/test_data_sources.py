@@ -14,7 +14,7 @@ import pytest
 from medmoe_jax.data import formats, langid, sources, specs
 from medmoe_jax.data import chat as chat_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
 # Untagged documents for the detector: real sample texts of four detectable languages.
 DETECT_LANGS = ["en", "zh", "ar", "ru"]
 
@@ -235,6 +235,7 @@ def test_rebuild_only_when_inputs_or_options_change(tmp_path):
                              on_error="skip").built
 
 
+@pytest.mark.e2e
 def test_prepare_cli_builds_once_and_saves_statistics(tmp_path):
   untagged = _write(tmp_path / "web.jsonl", [json.dumps({"text": t}, ensure_ascii=False)
                                              for lang in ("en", "zh") for t in _texts(lang, 4)]

@@ -118,6 +118,7 @@ def test_workdir_not_writable(tmp_path, workdir):
   assert not (tmp_path / "data").exists()  # refused before the data build
 
 
+@pytest.mark.e2e
 def test_checkpoint_that_does_not_match_the_config(tmp_path):
   t = _setup(_tiny(), tmp_path / "run")
   zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), t.abstract_state)
@@ -133,6 +134,7 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path):
   assert "config.json" in msg and "--workdir" in msg
 
 
+@pytest.mark.e2e
 def test_cli_prints_one_line_and_exits_2(tmp_path):
   bad = tmp_path / "corpus.jsonl"
   bad.write_text(GOOD + "{not json}\n")

@@ -10,7 +10,7 @@ import pytest
 
 from medmoe_jax.data import sources, tokenizer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,7 @@ def test_training_is_deterministic_and_recreates_shipped_model(tmp_path):
   )
 
 
+@pytest.mark.e2e
 def test_cli_trains_from_a_config_and_reproduces_the_shipped_model(tmp_path):
   # The sample config's one source is the embedded corpus: training on it through the CLI is
   # exactly how the shipped model was made.
