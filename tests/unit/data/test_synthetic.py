@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from conftest import REPO
 from medmoe_jax import config as cfg_lib
 from medmoe_jax.data import sources, synthetic
 
@@ -148,6 +149,7 @@ def test_configure_points_a_method_config_at_the_corpus(tmp_path):
     synthetic.configure(c, tmp_path / "nothing")
 
 
+@pytest.mark.e2e
 def test_cli_writes_corpus_config_wrapper_and_refuses_bad_sizes(tmp_path):
   out = tmp_path / "syn"
   r = subprocess.run([sys.executable, "-m", "medmoe_jax.data.synthetic", "--out", str(out),
@@ -160,7 +162,7 @@ def test_cli_writes_corpus_config_wrapper_and_refuses_bad_sizes(tmp_path):
   spec = importlib.util.spec_from_file_location("syn_cfg", out / "config.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  c = mod.get_config(os.path.join(os.path.dirname(__file__), "..", "configs", "dense.py"))
+  c = mod.get_config(str(REPO / "configs" / "dense.py"))
   assert c.name == "dense" and c.languages.use == ("qaa", "qab", "qba", "qbb")
   with pytest.raises(ValueError, match="name the method config after the colon"):
     mod.get_config(None)
