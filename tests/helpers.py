@@ -2,14 +2,7 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-
-from medmoe_jax import config as cfg_lib
-from medmoe_jax import sharding
-from medmoe_jax.model import Transformer
-from medmoe_jax.training import optim, step as step_lib
 
 
 def packed_batch(batch=8, seq=32, vocab=512, num_langs=20, seed=0):
@@ -27,22 +20,26 @@ def packed_batch(batch=8, seq=32, vocab=512, num_langs=20, seed=0):
 
 
 def build(c, mesh=None, seed=0):
-  """(graphdef, state, jitted train_step, mesh) for config c on a mesh from c.mesh."""
-  spec = cfg_lib.model_spec(c)
-  mesh = mesh or sharding.make_mesh(c)
-  abstract = nnx.eval_shape(lambda: Transformer(spec, rngs=nnx.Rngs(seed)))
-  graphdef, aparams = nnx.split(abstract, nnx.Param)
-  pshard = sharding.state_shardings(aparams, mesh)
-  tx, _ = optim.make_optimizer(c.train, nnx.to_pure_dict(aparams), [])
+  """(graphdef, state, train_step, mesh) for config c: the Trainer's own jitted step (on_mesh,
+  shardings, donation) and initial state, so tests run exactly what training runs. The step
+  donates its state argument: use the returned state only once."""
+  from medmoe_jax.train import Trainer
+  c = c.copy_and_resolve_references()
+  c.seed = seed
+  trainer = Trainer(c, workdir="", mesh=mesh).setup_step()
+  return trainer.graphdef, trainer._init_state(), trainer.train_step, trainer.mesh
 
-  def init():
-    model = Transformer(spec, rngs=nnx.Rngs(seed))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
-  repl = sharding.replicated(mesh)
-  opt_shard = jax.tree.map(lambda _: repl, jax.eval_shape(init).opt_state)
-  state = jax.jit(init, out_shardings=step_lib.TrainState(repl, pshard, opt_shard))()
-  weights = step_lib.LossWeights(c.moe.lb_loss_weight, c.moe.z_loss_weight, c.moe.lpr_loss_weight)
-  train_step = jax.jit(step_lib.make_train_step(graphdef, tx, weights, len(cfg_lib.language_list(c))))
-  return graphdef, state, train_step, mesh
+def assert_tree_close(got, want, rel, what=""):
+  """Each leaf within rel x (its largest |value|) of `want`: a relative bound per tensor that a
+  uniform 1% error in any one tensor breaks when rel < 1e-2, while float reassociation (~1e-6
+  of the scale) passes."""
+  flat_got = jax.tree_util.tree_flatten_with_path(got)[0]
+  flat_want = jax.tree.leaves(want)
+  assert len(flat_got) == len(flat_want), what
+  for (path, g), w in zip(flat_got, flat_want):
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    scale = float(np.max(np.abs(w))) if w.size else 0.0
+    err = float(np.max(np.abs(g - w))) if w.size else 0.0
+    assert err <= rel * scale + 1e-30, (
+        f"{what}{jax.tree_util.keystr(path)}: max |diff| {err:.3g} > {rel} x max |want| {scale:.3g}")

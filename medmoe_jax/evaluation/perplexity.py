@@ -25,12 +25,11 @@ def heldout_source(run_config, data_dir: str):
 
 
 def target_weights(batch: dict) -> np.ndarray:
-  """[B, S] 1.0 where position t predicts a real next token of its own document (numpy twin of
-  training.step.token_targets)."""
-  seg, lm = batch["segment_ids"], batch["loss_mask"]
-  w = np.zeros(seg.shape, np.float64)
-  w[:, :-1] = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0) & (lm[:, 1:] > 0)
-  return w
+  """[B, S] 1.0 where position t predicts a real next token of its own document: the training
+  loss's own weights (training.step.token_targets), as float64 numpy."""
+  from medmoe_jax.training.step import token_targets
+  _, w = token_targets({k: np.asarray(batch[k]) for k in ("tokens", "segment_ids", "loss_mask")})
+  return np.asarray(w, np.float64)
 
 
 def evaluate(score: Callable[[dict], dict], source, *, languages: Sequence[str], model_lang_ids:
