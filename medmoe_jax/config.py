@@ -44,7 +44,12 @@ def base_config() -> ml_collections.ConfigDict:
       scan_unroll=1,
       # Longest position RoPE is meant for (Qwen2's pretraining context); data.seq_len above it
       # is refused. Raise it together with rope_theta when extending the context.
-      max_position_embeddings=32768))
+      max_position_embeddings=32768,
+      qk_norm=False,            # Qwen3: per-head RMSNorm on q and k before RoPE
+      # RoPE frequency scaling (transformers' rope_parameters): "default" (none), "linear"
+      # (factor), "llama3" (Llama 3.1+: factor, low/high_freq_factor, original context).
+      rope_scaling=dict(rope_type="default", factor=1.0, low_freq_factor=1.0,
+                        high_freq_factor=4.0, original_max_position_embeddings=8192)))
 
   c.moe = ml_collections.ConfigDict(dict(
       layers="last:2",          # "last:N" | "first:N" | "all" | "none" | "every:K" | "2,3"
@@ -266,6 +271,12 @@ def validate(c, num_devices: int | None = None) -> None:
   _validate_methods(c, moe_layers, appended)
   if d.seq_len < 2 or d.batch_size < 1:
     raise _err("data", f"seq_len must be >= 2 and batch_size >= 1, got {d.seq_len}, {d.batch_size}")
+  rs = m.get("rope_scaling") or {}
+  if rs.get("rope_type", "default") not in ROPE_SCALING_KEYS:
+    raise _err("model.rope_scaling.rope_type", f"{rs.get('rope_type')!r} is not implemented; use "
+               f"one of {', '.join(ROPE_SCALING_KEYS)}")
+  if rs.get("rope_type", "default") != "default" and not float(rs.get("factor", 0)) > 0:
+    raise _err("model.rope_scaling.factor", f"must be > 0, got {rs.get('factor')}")
   if not m.rope_theta > 0:
     raise _err("model.rope_theta", f"RoPE base must be > 0, got {m.rope_theta}")
   if d.seq_len > m.max_position_embeddings:
@@ -406,6 +417,23 @@ def replay(c) -> tuple[tuple[str, ...], float] | None:
   return (tuple(_csv(c.languages.original)), share) if share > 0 else None
 
 
+# rope_type -> the model.rope_scaling keys it reads (model/layers.rope_inv_freq).
+ROPE_SCALING_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def rope_scaling_spec(m) -> tuple:
+  """config.model -> ModelSpec.rope_scaling: () for plain RoPE, else the sorted pairs its type reads."""
+  rs = m.get("rope_scaling") or {}
+  kind = rs.get("rope_type", "default")
+  if kind == "default":
+    return ()
+  return tuple(sorted([("rope_type", kind)] + [(k, float(rs[k])) for k in ROPE_SCALING_KEYS[kind]]))
+
+
 def model_spec(c) -> ModelSpec:
   """The model's plain spec from a validated config."""
   m, moe = c.model, c.moe
@@ -428,6 +456,7 @@ def model_spec(c) -> ModelSpec:
       vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
       num_kv_heads=m.num_kv_heads, head_dim=m.head_dim or m.d_model // m.num_heads, d_ff=m.d_ff,
       qkv_bias=bool(m.qkv_bias), tie_embeddings=bool(m.tie_embeddings), rope_theta=m.rope_theta,
+      rope_scaling=rope_scaling_spec(m), qk_norm=bool(m.get("qk_norm", False)),
       norm_eps=m.norm_eps, init_std=m.init_std, dtype=m.dtype, param_dtype=m.param_dtype,
       remat=m.remat, scan_unroll=int(m.scan_unroll), segments=segments_for(m.num_layers, moe_layers, int(moe.get("appended", 0))),
       moe=moe_spec)

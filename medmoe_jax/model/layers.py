@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from flax import nnx
 
@@ -72,10 +73,10 @@ def normal_init(std: float, axes: tuple):
 
 class RMSNorm(nnx.Module):
 
-  def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, eps: float, param_dtype, *, axis: str = "embed", rngs: nnx.Rngs):
     del rngs
     self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=("embed",))
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(axis,))
 
   def __call__(self, x):
     # Normalise in float32 whatever the compute dtype (bf16 variance underflows).
@@ -84,10 +85,41 @@ class RMSNorm(nnx.Module):
     return (y * self.scale.value.astype(jnp.float32)).astype(x.dtype)
 
 
-def rope(x, positions, theta: float):
-  """Rotary embedding, half-split convention (HF `rotate_half`). x: [B, S, H, Dh]; positions: [B, S]."""
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_inv_freq(dh: int, theta: float, scaling: tuple = ()) -> np.ndarray:
+  """RoPE's inverse frequencies [Dh/2] (float32), as transformers' modeling_rope_utils computes
+  them for rope_type "default", "linear" (positions divided by `factor`) and "llama3" (Llama
+  3.1+: low frequencies divided by `factor`, a smooth ramp between `low_freq_factor` and
+  `high_freq_factor` wavelengths of `original_max_position_embeddings`). `scaling` is
+  ModelSpec.rope_scaling: sorted (key, value) pairs, () for default."""
+  inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, dh, 2).astype(np.float32) / np.float32(dh))))
+  inv_freq = inv_freq.astype(np.float32)
+  p = dict(scaling)
+  kind = p.get("rope_type", "default")
+  if kind == "default":
+    return inv_freq
+  factor = np.float32(p["factor"])
+  if kind == "linear":
+    return inv_freq / factor
+  if kind != "llama3":
+    raise ValueError(f"rope_type {kind!r} is not implemented; use one of {ROPE_TYPES}")
+  old = np.float32(p["original_max_position_embeddings"])
+  low, high = np.float32(p["low_freq_factor"]), np.float32(p["high_freq_factor"])
+  wavelen = np.float32(2 * np.pi) / inv_freq
+  scaled = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
+  smooth = (old / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope(x, positions, theta: float, scaling: tuple = ()):
+  """Rotary embedding, half-split convention (HF `rotate_half`). x: [B, S, H, Dh]; positions:
+  [B, S]; scaling: see `rope_inv_freq`."""
   dh = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))  # [Dh/2]
+  inv_freq = jnp.asarray(rope_inv_freq(dh, theta, scaling))  # [Dh/2]
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, S, Dh/2]
   cos = jnp.cos(angles)[:, :, None, :]
   sin = jnp.sin(angles)[:, :, None, :]
@@ -185,6 +217,9 @@ class Attention(nnx.Module):
                                     rngs=rngs)
     self.o_proj = nnx.LinearGeneral((h, dh), d, axis=(-2, -1), use_bias=False, param_dtype=pd, dtype=dtype_of(spec.dtype),
                                     kernel_init=init(("heads", "head_dim", "embed")), rngs=rngs)
+    if spec.qk_norm:  # Qwen3: RMSNorm over each head's q and k before RoPE
+      self.q_norm = RMSNorm(dh, spec.norm_eps, pd, axis="head_dim", rngs=rngs)
+      self.k_norm = RMSNorm(dh, spec.norm_eps, pd, axis="head_dim", rngs=rngs)
 
   def __call__(self, x, positions, mask):
     """x: [B, S, D] -> [B, S, D]."""
@@ -196,8 +231,11 @@ class Attention(nnx.Module):
     dt, (b, s, _) = x.dtype, x.shape
     rows = as_rows(x)
     heads = lambda proj: proj(rows).astype(dt).reshape(b, s, *proj.kernel.value.shape[1:])
-    q = rope(heads(self.q_proj), positions, self.spec.rope_theta)
-    k = rope(heads(self.k_proj), positions, self.spec.rope_theta)
+    q, k = heads(self.q_proj), heads(self.k_proj)
+    if self.spec.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = rope(q, positions, self.spec.rope_theta, self.spec.rope_scaling)
+    k = rope(k, positions, self.spec.rope_theta, self.spec.rope_scaling)
     return q, k, heads(self.v_proj)
 
   def _out(self, attn, x):

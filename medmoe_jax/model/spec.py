@@ -62,6 +62,10 @@ class ModelSpec:
   qkv_bias: bool = True
   tie_embeddings: bool = True
   rope_theta: float = 10000.0
+  # RoPE frequency scaling as sorted (key, value) pairs, () = plain RoPE; e.g. Llama 3.1+'s
+  # (("factor", 32.0), ("high_freq_factor", 4.0), ..., ("rope_type", "llama3")). layers.rope.
+  rope_scaling: tuple = ()
+  qk_norm: bool = False         # Qwen3: per-head RMSNorm on q and k (before RoPE)
   norm_eps: float = 1e-6
   init_std: float = 0.02
   dtype: str = "float32"        # compute dtype of activations and matmuls

@@ -65,3 +65,17 @@ def test_train_and_eval_configs_are_not_swapped():
     cfg_lib.validate(load_config("eval"), 1)
   with pytest.raises(cfg_lib.ConfigError, match="not an eval config .* configs/eval.py"):
     eval_lib.validate(load_config("post_moe"))
+
+
+def test_rope_scaling_is_validated_and_reaches_the_spec():
+  from conftest import load_config
+  c = load_config("dense")
+  assert cfg_lib.model_spec(c).rope_scaling == ()
+  c.model.rope_scaling.update(dict(rope_type="llama3", factor=8.0, original_max_position_embeddings=64))
+  cfg_lib.validate(c)
+  assert dict(cfg_lib.model_spec(c).rope_scaling) == dict(
+      rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+      original_max_position_embeddings=64.0)
+  c.model.rope_scaling.rope_type = "yarn"
+  with pytest.raises(cfg_lib.ConfigError, match="config.model.rope_scaling.rope_type: 'yarn'"):
+    cfg_lib.validate(c)

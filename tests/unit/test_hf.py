@@ -187,7 +187,152 @@ def test_unexportable_models_are_refused():
     hf.check_exportable(ct)
   with pytest.raises(hf.HFError, match="hard"):
     hf.check_exportable(cfg_lib.model_spec(load_config("language_specific")))
-  with pytest.raises(hf.HFError, match="rope_type='llama3'"):
+  with pytest.raises(hf.HFError, match="rope_type='yarn'"):
     hf.model_overrides({"model_type": "llama", "hidden_size": 8, "num_attention_heads": 2,
                         "num_hidden_layers": 1, "vocab_size": 8, "intermediate_size": 8,
-                        "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}})
+                        "rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5}})
+  # A shared expert exports only where the architecture has one, gated as Qwen2-MoE gates it.
+  c = load_config("post_moe")
+  c.moe.update(dict(language_routing="none", shared_expert_d_ff=32))
+  with pytest.raises(hf.HFError, match="moe.shared_expert_gate=False"):
+    hf.check_exportable(cfg_lib.model_spec(c))
+  c.moe.shared_expert_gate, c.model.qk_norm = True, True
+  with pytest.raises(hf.HFError, match="Qwen3-MoE has no shared expert"):
+    hf.check_exportable(cfg_lib.model_spec(c))
+  c.model.qk_norm = False
+  hf.check_exportable(cfg_lib.model_spec(c))
+
+
+# ------------------------------------------------------- every architecture: in, out, and back
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2)
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=40)
+
+
+def _arch_configs():
+  """name -> (transformers model class, config): random tiny models of each architecture."""
+  T = transformers
+  return {
+      # Qwen2 and Qwen2.5 share model_type qwen2; 2.5's configs untie the head (>= 3B), use
+      # theta 1e6 and, at 0.5B/1.5B, a single... several kv heads: both shapes are covered.
+      "qwen2.5": (T.Qwen2ForCausalLM, T.Qwen2Config(
+          **{**SMALL, "num_key_value_heads": 1}, rope_theta=1e6, tie_word_embeddings=False,
+          rms_norm_eps=1e-6, max_position_embeddings=32768)),
+      "qwen3": (T.Qwen3ForCausalLM, T.Qwen3Config(
+          **SMALL, head_dim=24, rope_theta=1e6, tie_word_embeddings=True, rms_norm_eps=1e-6)),
+      "llama3": (T.LlamaForCausalLM, T.LlamaConfig(
+          **SMALL, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+          max_position_embeddings=128, rope_parameters={**LLAMA3_ROPE, "rope_theta": 500000.0})),
+      "qwen2_moe": (T.Qwen2MoeForCausalLM, T.Qwen2MoeConfig(
+          **{**SMALL, "num_hidden_layers": 3}, **MOE, shared_expert_intermediate_size=56,
+          norm_topk_prob=False, mlp_only_layers=[0], tie_word_embeddings=False)),
+      "qwen3_moe": (T.Qwen3MoeForCausalLM, T.Qwen3MoeConfig(
+          **{**SMALL, "num_hidden_layers": 4}, **MOE, head_dim=16, norm_topk_prob=True,
+          decoder_sparse_step=2, mlp_only_layers=[3], tie_word_embeddings=False)),
+  }
+
+
+@pytest.fixture(scope="module")
+def arch_dirs(tmp_path_factory):
+  """Each architecture saved, imported, exported and imported again (shared by the tests)."""
+  out = {}
+  for seed, (name, (cls, cfg)) in enumerate(_arch_configs().items()):
+    root = tmp_path_factory.mktemp(name)
+    model = _save_hf(cls, cfg, root / "hf", seed=10 + seed)
+    hf.import_hf(str(root / "hf"), str(root / "ours"))
+    hf.export_hf(str(root / "ours"), str(root / "exp"))
+    hf.import_hf(str(root / "exp"), str(root / "again"))
+    out[name] = (root, cls, model)
+  return out
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "qwen3", "llama3", "qwen2_moe", "qwen3_moe"])
+def test_architecture_imports_exports_and_round_trips(arch_dirs, name):
+  root, cls, model = arch_dirs[name]
+  c, spec, params = _imported(root / "ours")
+  ours = _ours(spec, params)
+  ref = _hf_logits(model)
+  assert np.abs(ref).max() > 1.0
+  assert np.abs(ours - ref).max() <= TOL, name
+  # The export is the same architecture, loaded with no custom code, computing our logits.
+  cfg = json.load(open(root / "exp" / "config.json"))
+  assert cfg["model_type"] == model.config.model_type
+  exported = transformers.AutoModelForCausalLM.from_pretrained(str(root / "exp"),
+                                                               dtype=torch.float32).eval()
+  assert type(exported) is cls
+  assert np.abs(_hf_logits(exported) - ours).max() <= TOL, name
+  # import -> export -> import is exact.
+  _, spec2, p2 = _imported(root / "again")
+  assert spec2 == spec
+  jax.tree.map(np.testing.assert_array_equal, p2, params)
+
+
+def test_architecture_details_are_imported(arch_dirs):
+  spec = lambda name: _imported(arch_dirs[name][0] / "ours")[1]
+  q3 = spec("qwen3")
+  assert q3.qk_norm and not q3.qkv_bias and q3.head_dim == 24 and q3.tie_embeddings
+  l3 = spec("llama3")
+  assert dict(l3.rope_scaling) == LLAMA3_ROPE and l3.rope_theta == 500000.0
+  q2m = spec("qwen2_moe")
+  assert q2m.segments == (("dense", 1), ("moe", 2))
+  assert (q2m.moe.shared_d_ff, q2m.moe.shared_gate, q2m.moe.norm_topk) == (56, True, False)
+  q3m = spec("qwen3_moe")
+  # decoder_sparse_step=2 -> layers 1, 3 sparse; mlp_only_layers=[3] -> only layer 1.
+  assert q3m.segments == (("dense", 1), ("moe", 1), ("dense", 2)) and q3m.moe.norm_topk
+  assert q3m.moe.d_ff == 40 and q3m.d_ff == 96 and q3m.moe.shared_d_ff == 0
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+def _bad_dir(tmp_path, cfg_over=None, weights=True):
+  """A tiny valid Qwen2 directory, then broken as the test says."""
+  d = tmp_path / "hf"
+  cfg = transformers.Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=24,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+  transformers.Qwen2ForCausalLM(cfg).save_pretrained(str(d), max_shard_size="8KB")
+  if cfg_over:
+    j = json.load(open(d / "config.json"))
+    j.update(cfg_over)
+    (d / "config.json").write_text(json.dumps(j))
+  return d
+
+
+def _one_line_error(d, tmp_path, capsys):
+  capsys.readouterr()  # drop save_pretrained's progress bars
+  assert hf.main(["import", "--hf_dir", str(d), "--out", str(tmp_path / "out")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1, err
+  assert not (tmp_path / "out").exists()
+  return err
+
+
+def test_bad_input_is_one_line_naming_file_and_key(tmp_path, capsys):
+  d = _bad_dir(tmp_path, {"model_type": "gpt2"})
+  err = _one_line_error(d, tmp_path, capsys)
+  assert f"{d}/config.json: model_type='gpt2' is not supported" in err
+  d.joinpath("config.json").write_text(json.dumps({
+      **json.load(open(d / "config.json")), "model_type": "llama",
+      "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}))
+  err = _one_line_error(d, tmp_path, capsys)
+  assert f"{d}/config.json: rope_parameters.rope_type='yarn' is not implemented" in err
+  # A shard the index names is gone: the index, the tensor and the file are named.
+  d = _bad_dir(tmp_path / "b")
+  index = json.load(open(d / "model.safetensors.index.json"))
+  key, shard = sorted(index["weight_map"].items())[0]
+  (d / shard).unlink()
+  err = _one_line_error(d, tmp_path, capsys)
+  assert f"{d}/model.safetensors.index.json: {key} is in {shard}, which is missing" in err
+  # A tensor the config implies but no file holds.
+  d = _bad_dir(tmp_path / "c", {"num_hidden_layers": 3})
+  err = _one_line_error(d, tmp_path, capsys)
+  assert "tensor model.layers.2." in err and "missing from the safetensors files" in err
+  # A .bin checkpoint is never unpickled.
+  d = tmp_path / "bin"
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+  (d / "pytorch_model.bin").write_bytes(b"never opened")
+  err = _one_line_error(d, tmp_path, capsys)
+  assert f"refusing to load {d}/pytorch_model.bin" in err
