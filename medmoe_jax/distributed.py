@@ -139,12 +139,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   return p
 
 
-def data_shard(mesh, global_batch: int) -> tuple[int, int]:
+def data_shard(mesh, global_batch: int, *, process_of=None, process: int | None = None
+               ) -> tuple[int, int]:
   """(shard_index, shard_count): this process feeds rows [i*B/n, (i+1)*B/n) of each global batch.
 
   Processes whose devices hold the same rows (the batch replicated over a tensor axis that spans
   hosts) get the same shard. Requires each process's rows to be one contiguous block, which holds
-  for meshes built by sharding.make_mesh (devices ordered by process)."""
+  for meshes built by sharding.make_mesh (devices ordered by process). process_of(device) and
+  process (default: each device's process_index and this process) let tests lay out processes
+  over one host's devices."""
   import jax
 
   from medmoe_jax import sharding
@@ -153,7 +156,8 @@ def data_shard(mesh, global_batch: int) -> tuple[int, int]:
   rows: dict[int, set] = {}
   for dev, idx in index_map.items():
     r = idx[0]
-    rows.setdefault(dev.process_index, set()).add((r.start or 0, global_batch if r.stop is None else r.stop))
+    owner = dev.process_index if process_of is None else process_of(dev)
+    rows.setdefault(owner, set()).add((r.start or 0, global_batch if r.stop is None else r.stop))
   blocks = {}
   for proc, ranges in rows.items():
     ranges = sorted(ranges)
@@ -170,7 +174,7 @@ def data_shard(mesh, global_batch: int) -> tuple[int, int]:
   if len(sizes) != 1 or sum(sizes) * len(distinct) != global_batch:
     raise DistributedError(f"processes hold unequal or overlapping batch blocks {distinct} of "
                            f"{global_batch} rows on mesh {dict(mesh.shape)}")
-  return distinct.index(blocks[jax.process_index()]), len(distinct)
+  return distinct.index(blocks[jax.process_index() if process is None else process]), len(distinct)
 
 
 def barrier(name: str, timeout_s: int = 1800) -> None:
