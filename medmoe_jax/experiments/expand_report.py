@@ -92,11 +92,28 @@ def build_seed(s, trained: dict, evaluated: dict) -> dict:
         "figures": {k: v for k, v in e.get("figures", {}).items()
                     if key == "post_moe" or k != "own_share"},
         "training": {r: trained[r] for r in (["moe_lpr_stage1", run] if key == "moe_lpr" else [run])}}
+  curve = [{"step": c["step"], "original_ppl": group_ppl(c["perplexity"], original),
+            "new_ppl": group_ppl(c["perplexity"], new)} for c in trained["base"].get("curve", [])]
+  methods["moe_lpr"]["review"] = trained["moe_lpr_stage2"].get("review")
   out = {"base": {"perplexity": base["perplexity"], "original_ppl": base_orig, "new_ppl": base_new,
-                  "training": trained["base"]},
+                  "training": trained["base"], "curve": curve, "settled": settled(curve)},
          "runs": trained, "table": table, "methods": methods}
   out["claims"] = claims(out)
   return out
+
+
+SETTLED_LIMIT = 0.02  # the base "has converged": original-language ppl moved < 2% at the end
+
+
+def settled(curve: list[dict]) -> dict | None:
+  """Whether the base's original-language held-out perplexity has stopped moving: its relative
+  change between the last two points of the curve, against SETTLED_LIMIT."""
+  pts = [c for c in curve if c["original_ppl"] is not None]
+  if len(pts) < 2:
+    return None
+  change = pts[-1]["original_ppl"] / pts[-2]["original_ppl"] - 1
+  return {"last_change": change, "limit": SETTLED_LIMIT, "settled": abs(change) < SETTLED_LIMIT,
+          "between_steps": [pts[-2]["step"], pts[-1]["step"]]}
 
 
 def _stats(xs) -> tuple[float | None, float | None]:
@@ -148,7 +165,9 @@ def build(s, per_seed: dict, phases: dict, families: dict) -> dict:
   base = {"perplexity": per_lang(base_ppls, base_ppls),
           "original_ppl": _stats([r["base"]["original_ppl"] for r in runs])[0],
           "new_ppl": _stats([r["base"]["new_ppl"] for r in runs])[0],
-          "training": {str(k): per_seed[k]["base"]["training"] for k in seeds}}
+          "training": {str(k): per_seed[k]["base"]["training"] for k in seeds},
+          "curve": {str(k): per_seed[k]["base"].get("curve", []) for k in seeds},
+          "settled": {str(k): per_seed[k]["base"].get("settled") for k in seeds}}
   table, methods = [], {}
   for i, (key, run) in enumerate(ROWS):
     rows = [r["table"][i] for r in runs]
@@ -160,7 +179,10 @@ def build(s, per_seed: dict, phases: dict, families: dict) -> dict:
     methods[key] = {**row, "perplexity": per_lang([m["perplexity"] for m in ms], base_ppls),
                     "routing": _mean_routing([m["routing"] for m in ms]),
                     "figures": ms[0]["figures"]}
-  stage1, stage2 = s.lpr_steps
+  methods["moe_lpr"]["review"] = {str(k): per_seed[k]["methods"]["moe_lpr"].get("review")
+                                  for k in seeds}
+  stage1, cap = s.lpr_steps
+  stage2 = [(per_seed[k]["methods"]["moe_lpr"].get("review") or {}).get("steps") for k in seeds]
   results = {
       "format": FORMAT,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -171,18 +193,32 @@ def build(s, per_seed: dict, phases: dict, families: dict) -> dict:
                         "figures are the first seed's"},
       "machine": machine(),
       "languages": {"original": original, "new": new, "family": families},
+      "corpus": corpus_info(s),
       "heldout": {
-          "what": "the eval job's held-out split: record i of each sample file (medmoe_jax/data/"
-                  "sample/text/<lang>.jsonl) with i % 10 == 0; every run trains on the other "
-                  "records (config.data.validation_every=10), so no held-out text is trained on",
+          "what": ("the eval job's held-out split: record i of each sample file (medmoe_jax/data/"
+                   "sample/text/<lang>.jsonl)" if s.corpus == "sample" else
+                   "the eval job's held-out split: record i of each synthetic corpus file "
+                   "(OUT/corpus/<lang>.jsonl; document i has the same content in every "
+                   "language, so it is held out in all of them)")
+                  + " with i % 10 == 0; every run trains on the other records "
+                  "(config.data.validation_every=10), so no held-out text is trained on"
+                  + (f"; at most {s.eval_max_batches} batches a language" if s.eval_max_batches
+                     else ""),
           "tokens": {l: first["base"]["perplexity"][l]["tokens"] for l in langs}},
       "budget": {"steps": s.steps, "rows_per_step": s.batch_size, "seq_len": s.seq_len,
                  "row_tokens": s.steps * s.batch_size * s.seq_len,
                  "moe_lpr_split": {"stage1_steps": stage1, "stage2_steps": stage2,
+                                   "stage2_cap": cap, "stage2_target": s.lpr_stage2_target,
                                    "replay_share": s.replay_share},
+                 "moe_ct_replay_share": s.ct_replay_share,
+                 "base_new_share": s.base_new_share,
                  "convention": "every method trains steps x rows_per_step packed rows of seq_len "
-                               "tokens (padding included); MoE-LPR's two stages together use "
-                               "the budget. tokens_trained counts the real (non-padding) tokens."},
+                               "tokens (padding included) from the new languages (MoE-CT: "
+                               "moe_ct_replay_share of its documents replayed from the original "
+                               "ones); MoE-LPR's stage 1 is the budget and stage 2 the review "
+                               "after it (stage2_steps per seed, until converged or the cap; "
+                               "replay_share of its documents original-language). "
+                               "tokens_trained counts the real (non-padding) tokens."},
       "base": base,
       "table": table,
       "methods": methods,
@@ -195,6 +231,16 @@ def build(s, per_seed: dict, phases: dict, families: dict) -> dict:
                      for k in seeds}
     c["held_in_seeds"] = sum(v == "PASS" for v in c["per_seed"].values())
   return results
+
+
+def corpus_info(s) -> dict:
+  if s.corpus == "sample":
+    return {"kind": "sample", "what": "the embedded 20-language sample (medmoe_jax/data/sample)"}
+  return {"kind": "synthetic", "dir": "corpus", "families": s.corpus_families,
+          "languages_per_family": s.corpus_languages_per_family, "docs": s.corpus_docs,
+          "seed": s.corpus_seed, "tokenizer_vocab": s.tokenizer_vocab,
+          "what": "synthetic medical languages in families (medmoe_jax/data/synthetic.py), "
+                  "generated into OUT/corpus with a BPE tokenizer trained on it"}
 
 
 def _asdict(s) -> dict:
@@ -417,29 +463,74 @@ def render(r: dict) -> str:
     L += ["", f"![Post-MoE own-family share]({r['methods']['post_moe']['figures']['own_share']})"]
   L.append("")
 
+  L += ["## Base training", ""]
+  settle = b.get("settled") or {}
+  for k, curve in (b.get("curve") or {}).items():
+    if not curve:
+      continue
+    st = settle.get(k)
+    verdict = ("n/a (fewer than two points)" if not st else
+               f"{'settled' if st['settled'] else 'NOT settled'}: original-language perplexity "
+               f"moved {pct(st['last_change'])} between steps {st['between_steps'][0]} and "
+               f"{st['between_steps'][1]} (limit ±{100 * st['limit']:.0f}%)")
+    L += [f"Seed {k}: held-out perplexity of the dense base at its checkpoints; {verdict}.", ""]
+    L += _table(["step", "original-language ppl", "new-language ppl"],
+                [[c["step"], "–" if c["original_ppl"] is None else ppl(c["original_ppl"]),
+                  "–" if c["new_ppl"] is None else ppl(c["new_ppl"])] for c in curve])
+    L.append("")
+  L += ["## MoE-LPR stage 2", ""]
+  for k, rv in (r["methods"]["moe_lpr"].get("review") or {}).items():
+    if not rv:
+      continue
+    end = (f"converged at step {rv['steps']}" if rv["converged"] else
+           f"NOT converged: stopped at the cap, step {rv['steps']}")
+    L += [f"Seed {k}: mean router probability of expert 0 on the original-language tokens of "
+          f"each {rv['check_every']}-step window, per layer (target > {rv['target']} in every "
+          f"layer, cap {rv['cap']} steps); {end}.", ""]
+    pts = [c for c in rv["curve"] if c["expert0_prob"]]
+    if pts:
+      n_layers = len(pts[0]["expert0_prob"])
+      L += _table(["step", *[f"layer {i}" for i in range(n_layers)], "LPR loss"],
+                  [[c["step"], *["–" if x is None else f"{x:.3f}" for x in c["expert0_prob"]],
+                    "–" if c["lpr_loss"] is None else f"{c['lpr_loss']:.3f}"] for c in pts])
+    L.append("")
+
   split = r["budget"]["moe_lpr_split"]
   losses = "; ".join(f"seed {k}: {v['loss_first']:.2f} -> {v['loss_last']:.2f} "
                      f"({pct(v['loss_change_last_20pct'])} over the last 20% of the steps)"
                      for k, v in b["training"].items())
+  sample = s.get("corpus", "sample") == "sample"
+  corpus = r.get("corpus") or {}
   L += ["## Setup", "",
+        ("- Corpus: the embedded 20-language sample." if sample else
+         f"- Corpus: {corpus.get('what', '')}: {corpus.get('families')} families of "
+         f"{corpus.get('languages_per_family')} languages, {corpus.get('docs')} documents a "
+         f"language, corpus seed {corpus.get('seed')} (OUT/corpus/languages.json has every "
+         "language's grammar and sound changes)."),
         f"- Model: d_model {s['d_model']}, {s['num_layers']} layers, {s['num_heads']} heads "
-        f"({s['num_kv_heads']} kv), FFN {s['d_ff']}, the sample tokenizer (4096 pieces); rows of "
-        f"{s['seq_len']} tokens, {s['batch_size']} rows a step. Each method keeps its config's "
-        "own settings (configs/*.py): Post-MoE 7 family experts top-2 in the last 2 layers, "
-        "hybrid-k; MoE-LPR 4 experts top-2 in every layer; MoE-CT 2 appended blocks of 4 "
-        "experts; learning rate, schedule and optimizer as the configs set them.",
-        f"- Base: {s['base_steps']} steps on {', '.join(orig)}; training loss {losses}.",
-        "- Why the runs are short: the sample holds about 9 training documents (3k tokens) a "
-        "language, which this model memorises within a few hundred steps, after which held-out "
-        "perplexity only rises. The default base and budget lengths sit where held-out "
-        "perplexity was lowest in a pilot (Settings in medmoe_jax/experiments/expand.py).",
+        f"({s['num_kv_heads']} kv), FFN {s['d_ff']}, "
+        + ("the sample tokenizer (4096 pieces)" if sample else
+           f"a BPE tokenizer trained on the corpus ({s['tokenizer_vocab']} pieces)")
+        + f"; rows of {s['seq_len']} tokens, {s['batch_size']} rows a step. Each method keeps "
+        "its config's own settings (configs/*.py): Post-MoE "
+        + ("7" if sample else str(s["corpus_families"])) + " family experts top-2 in the last "
+        "2 layers, hybrid-k; MoE-LPR 4 experts top-2 in every layer; MoE-CT 2 appended blocks "
+        "of 4 experts; learning rate, schedule and optimizer as the configs set them.",
+        f"- Base: {s['base_steps']} steps on {', '.join(orig)}"
+        + (f" with {100 * s['base_new_share']:.0f}% of its documents from {', '.join(new)}"
+           if s.get("base_new_share") else "") + f"; training loss {losses}.",
+        *(["- Why the runs are short: the sample holds about 9 training documents (3k tokens) a "
+           "language, which this model memorises within a few hundred steps, after which "
+           "held-out perplexity only rises."] if sample else []),
         f"- Budget: {s['steps']} steps x {s['batch_size']} rows x {s['seq_len']} tokens = "
         f"{r['budget']['row_tokens']} row tokens per method (padding included; the table's "
-        "tokens trained are the real ones). Full CT, Post-MoE and MoE-CT train on the new "
-        f"languages only; MoE-LPR stage 1 ({split['stage1_steps']} steps) on the new languages, "
-        f"stage 2 ({split['stage2_steps']} steps) on the new languages with "
-        f"{100 * split['replay_share']:.0f}% of documents replayed from the original ones (the "
-        "only original-language text any expansion method sees).",
+        "tokens trained are the real ones). Full CT and Post-MoE train on the new languages "
+        f"only; MoE-CT with {100 * r['budget'].get('moe_ct_replay_share', 0):.0f}% of its "
+        f"documents replayed from the original ones; MoE-LPR stage 1 ({split['stage1_steps']} "
+        "steps) on the new languages, then stage 2, the review ("
+        + ", ".join(f"{x} steps" for x in split["stage2_steps"] if x is not None)
+        + f" per seed, at most {split['stage2_cap']}), on the new languages with "
+        f"{100 * split['replay_share']:.0f}% of documents replayed from the original ones.",
         f"- Held-out text: {r['heldout']['what']}. Tokens per language: "
         + ", ".join(f"{l} {k}" for l, k in r["heldout"]["tokens"].items())
         + ". With a few hundred tokens per language, one seed's differences of a few percent "

@@ -17,7 +17,7 @@ METHODS = ("dense_ct", "post_moe", "moe_lpr", "moe_ct")
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   out = tmp_path_factory.mktemp("expand") / "out"
-  expand.main(["--workdir", str(out), "--quick", "--no_progress"])
+  expand.main(["--workdir", str(out), "--quick", "--no_progress", "--corpus", "sample"])
   return out
 
 
@@ -38,11 +38,15 @@ def test_quick_run_writes_report_results_and_figures(quick):
       assert r[k] is not None and math.isfinite(r[k]), (r["method"], k)
       assert r[k + "_sd"] is None  # one seed: no spread
   budget = res["budget"]
-  assert budget["moe_lpr_split"]["stage1_steps"] + budget["moe_lpr_split"]["stage2_steps"] == budget["steps"]
+  # MoE-LPR: stage 1 is the budget; stage 2 (the review) runs until expert 0 converges or the cap.
+  split = budget["moe_lpr_split"]
+  assert split["stage1_steps"] == budget["steps"]
   seed0 = res["per_seed"]["0"]
   train = seed0["methods"]["moe_lpr"]["training"]
+  review = seed0["methods"]["moe_lpr"]["review"]
   assert [train[r]["steps"] for r in ("moe_lpr_stage1", "moe_lpr_stage2")] == [
-      budget["moe_lpr_split"]["stage1_steps"], budget["moe_lpr_split"]["stage2_steps"]]
+      split["stage1_steps"], split["stage2_steps"][0]] == [budget["steps"], review["steps"]]
+  assert review["steps"] == split["stage2_cap"] or review["converged"]
   for m in ("dense_ct", "post_moe", "moe_ct"):
     assert seed0["methods"][m]["training"][m]["steps"] == budget["steps"]
 
@@ -112,7 +116,7 @@ def test_seeds_aggregate_to_mean_spread_and_per_seed_verdicts(quick):
       target["original_change"] += 0.1
       target["new_gain"] += 0.1
   s1["claims"] = expand_report.claims(s1)
-  s = expand.Settings.make(quick=True, seeds=(0, 1))
+  s = expand.Settings.make(quick=True, seeds=(0, 1), corpus="sample")
   agg = expand_report.build(s, {0: s0, 1: s1}, {}, res["languages"]["family"])
   for row, r0 in zip(agg["table"], s0["table"]):
     assert row["original_change"] == pytest.approx(r0["original_change"] + 0.05)
@@ -128,14 +132,15 @@ def test_seeds_aggregate_to_mean_spread_and_per_seed_verdicts(quick):
 
 def test_rerun_with_other_settings_is_refused(quick):
   with pytest.raises(SystemExit, match=r"other settings \(seeds\)"):
-    expand.main(["--workdir", str(quick), "--quick", "--seed", "3", "--no_progress"])
+    expand.main(["--workdir", str(quick), "--quick", "--seed", "3", "--no_progress",
+                 "--corpus", "sample"])
 
 
 def test_languages_are_checked_before_any_compute(tmp_path):
   with pytest.raises(SystemExit, match=r"--new: 'fr' is Indo-European, a family the original"):
-    expand.main(["--workdir", str(tmp_path), "--quick", "--new", "sw,fr"])
+    expand.main(["--workdir", str(tmp_path), "--quick", "--new", "sw,fr", "--corpus", "sample"])
   with pytest.raises(SystemExit, match=r"--original: 'xx' is not in the embedded sample"):
-    expand.main(["--workdir", str(tmp_path), "--quick", "--original", "en,xx"])
+    expand.main(["--workdir", str(tmp_path), "--quick", "--original", "en,xx", "--corpus", "sample"])
   assert not os.listdir(tmp_path)
 
 
