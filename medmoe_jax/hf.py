@@ -658,16 +658,41 @@ def export_hf(checkpoint: str, out: str, *, dtype: str | None = None,
   cfg = hf_config(spec, dtype=dtype, lb_loss_weight=float(c.moe.lb_loss_weight),
                   max_positions=max(int(c.model.get("max_position_embeddings", 32768)),
                                     int(c.data.seq_len)))
+  cfg.update(_write_tokenizer(c, out, spec.vocab_size))
   with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
     json.dump(cfg, f, indent=2, sort_keys=True)
-  tok = str(c.data.tokenizer)
-  tok_dir = tok if os.path.isdir(tok) else os.path.dirname(tok)
-  if tok and os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-    _copy_tokenizer(tok_dir, out)
-  else:
-    print(f"note: tokenizer {tok!r} is not a Hugging Face tokenizer; none written to {out}",
-          flush=True)
   return names
+
+
+def _write_tokenizer(c, out: str, vocab_size: int) -> dict:
+  """The run's tokenizer into the export: an HF tokenizer's files copied, a sentencepiece one
+  (the sample included) converted to tokenizer.json with its special tokens and a chat template
+  for config.data.chat_template. Returns the special token ids for config.json."""
+  from medmoe_jax.data import tokenizer as tok_lib
+  from medmoe_jax.data import tokenizer_json
+
+  spec = str(c.data.tokenizer)
+  if not spec:
+    print(f"note: the run has no tokenizer (config.data.tokenizer=''); none written to {out}",
+          flush=True)
+    return {}
+  tok = tok_lib.load_tokenizer(spec)
+  if tok.vocab_size > vocab_size:  # a model this tokenizer never fed (its ids would not fit)
+    print(f"note: tokenizer {spec!r} has {tok.vocab_size} tokens, more than the model's "
+          f"vocab_size={vocab_size}; none written to {out}", flush=True)
+    return {}
+  if tok.kind == "sentencepiece":
+    template = tokenizer_json.CHAT_TEMPLATES.get(str(c.data.get("chat_template", "apollo")))
+    tokenizer_json.write_hf_tokenizer(tok, out, template)
+  else:
+    tok_dir = spec if os.path.isdir(spec) else os.path.dirname(spec)
+    _copy_tokenizer(tok_dir, out)
+  ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
+  gen = os.path.join(out, "generation_config.json")
+  if not os.path.isfile(gen):
+    with open(gen, "w", encoding="utf-8") as f:
+      json.dump({**ids, "do_sample": False}, f, indent=2)
+  return ids
 
 
 def main(argv=None) -> int:

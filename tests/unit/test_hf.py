@@ -336,3 +336,92 @@ def test_bad_input_is_one_line_naming_file_and_key(tmp_path, capsys):
   (d / "pytorch_model.bin").write_bytes(b"never opened")
   err = _one_line_error(d, tmp_path, capsys)
   assert f"refusing to load {d}/pytorch_model.bin" in err
+
+
+# ------------------------------------- Qwen3 -> Post-MoE (upcycled) -> Qwen3-MoE, as a user would
+
+@pytest.mark.e2e
+def test_upcycled_qwen3_exports_as_qwen3_moe_with_tokenizer_and_same_generation(tmp_path):
+  """A random Qwen3 base on the sample tokenizer's vocabulary, imported, upcycled to Post-MoE
+  (Apollo: last layer's FFN copied into 4 experts, hybrid-k routing), saved as a run, exported:
+  the directory loads as Qwen3-MoE with AutoModelForCausalLM and AutoTokenizer (no custom
+  code), gives our logits, greedy-generates our tokens and text, and imports back exactly."""
+  from medmoe_jax import generate as gen
+  from medmoe_jax import upcycle
+  from medmoe_jax.data.tokenizer import load_tokenizer
+  sample = load_tokenizer("sample")
+  cfg = transformers.Qwen3Config(**{**SMALL, "vocab_size": sample.vocab_size}, head_dim=16,
+                                 tie_word_embeddings=True, rope_theta=1e6)
+  _save_hf(transformers.Qwen3ForCausalLM, cfg, tmp_path / "base", seed=21)
+  hf.import_hf(str(tmp_path / "base"), str(tmp_path / "dense"))
+  c, dense_spec, dense = _imported(tmp_path / "dense")
+  c.name = "post_moe_qwen3"
+  c.moe.update(dict(layers="last:1", num_experts=4, top_k=2, language_routing="hybrid",
+                    backend="dense", norm_topk=False, d_ff=0))
+  c.data.tokenizer, c.data.chat_template = "sample", "apollo"
+  c.upcycle.method = "apollo"
+  spec = cfg_lib.model_spec(c)
+  params = upcycle.upcycle("apollo", dense, random_params(spec, seed=22, router_std=0.8), spec)
+  run = tmp_path / "run"
+  ck = Checkpointer(str(run / "checkpoints"), async_save=False)
+  ck.save(5, TrainState(jnp.zeros((), jnp.int32), params, {}), {})
+  ck.close()
+  (run / "config.json").write_text(cfg_lib.to_json(c))
+
+  assert hf.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "exp")]) == 0
+  out = json.load(open(tmp_path / "exp" / "config.json"))
+  assert out["model_type"] == "qwen3_moe" and out["mlp_only_layers"] == [0]
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "exp"),
+                                                            dtype=torch.float32).eval()
+  assert type(model) is transformers.Qwen3MoeForCausalLM
+  ours = _ours(spec, params)
+  assert np.abs(_hf_logits(model) - ours).max() <= TOL
+  hf.import_hf(str(tmp_path / "exp"), str(tmp_path / "back"))
+  _, spec2, p2 = _imported(tmp_path / "back")
+  assert spec2.segments == spec.segments and spec2.qk_norm
+  jax.tree.map(np.testing.assert_array_equal, p2, params)
+
+  # The tokenizer: what our pipeline encodes (BOS + text), special tokens, the chat template.
+  tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "exp"))
+  for text in ("Hello", "Das Fieber steigt.", "发烧 39°C", "  two  spaces\n"):
+    assert tok(text).input_ids == [sample.bos_id] + sample.encode(text), text
+  assert (tok.eos_token_id, tok.pad_token_id) == (sample.eos_id, sample.pad_id)
+  chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                 add_generation_prompt=True)
+  assert chat == "<s>User:Hi\nAssistant:"
+
+  # Greedy generation: the same tokens and text from transformers and from medmoe_jax.generate.
+  prompts = ["The patient has", "User:Was hilft gegen Fieber?\nAssistant:"]
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(spec, rngs=nnx.Rngs(0))))
+  mine = gen.generate(graphdef, jax.tree.map(jnp.asarray, params),
+                      [[sample.bos_id] + sample.encode(p) for p in prompts], max_new_tokens=12,
+                      eos_id=sample.eos_id, pad_id=sample.pad_id)
+  for p, ids in zip(prompts, mine):
+    enc = tok(p, return_tensors="pt")
+    with torch.no_grad():
+      got = model.generate(**enc, max_new_tokens=12, do_sample=False)[0, enc.input_ids.shape[1]:]
+    got = [t for t in got.tolist() if t != sample.eos_id]
+    assert got == ids, p
+    assert tok.decode(got, skip_special_tokens=True) == sample.decode(ids)
+    assert len(ids) > 0
+
+
+def test_sentencepiece_tokenizer_converts_exactly(tmp_path):
+  """The sample tokenizer as tokenizer.json: transformers encodes every sample document (20
+  languages) to sentencepiece's ids (BOS first) and decodes them back to the same text."""
+  from medmoe_jax.data import tokenizer as tok_lib
+  from medmoe_jax.data import tokenizer_json
+  sample = tok_lib.load_tokenizer("sample")
+  tokenizer_json.write_hf_tokenizer(sample, str(tmp_path), tokenizer_json.CHAT_TEMPLATES["plain"])
+  tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+  texts = list(tok_lib._sample_texts()) + ["", " ", "a\tb\r\n", "12345", "🙂 ٣٤ Ωμέγα"]
+  assert len(texts) > 100
+  for text in texts:
+    ids = tok(text).input_ids
+    assert ids == [sample.bos_id] + sample.encode(text), text[:60]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+  assert tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                 tokenize=False) == "<s>a\nb"
+  # Our own HF-tokenizer wrapper reads the export too (a run can train on it).
+  again = tok_lib.load_tokenizer(str(tmp_path))
+  assert (again.bos_id, again.eos_id, again.pad_id) == (sample.bos_id, sample.eos_id, sample.pad_id)
