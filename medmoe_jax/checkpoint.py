@@ -13,6 +13,10 @@ Orbax deletes old steps (keep=N) only after the new one has been finalized.
 With several processes, every process writes its shards of `state` and its own data-iterator
 state (data/process_<i>-of-<n>.json, grain's Orbax handler): each process reads its own shard of
 the data, so each needs its own position back.
+
+Integrity (checkpoint_integrity.py): as a step commits, process 0 writes a manifest of its files
+(size, sha256). Before the newest step is used it is checked; a damaged one is reported in one
+line, moved aside (renamed, never deleted) and the next newest is tried.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from medmoe_jax import checkpoint_integrity as integrity
+from medmoe_jax.checkpoint_integrity import DamagedCheckpointError
 from medmoe_jax.training import faults
 from medmoe_jax.treepath import path_str
 from medmoe_jax.training.step import TrainState
@@ -34,6 +40,7 @@ from medmoe_jax.training.step import TrainState
 # every file is written and before the rename that commits it, so a test can SIGKILL the process
 # inside that window deterministically. A stop signal (SIGTERM/SIGINT) ends the pause early.
 PAUSE_ENV = "MEDMOE_TEST_PAUSE_IN_SAVE"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step being written
 
 
 class CheckpointMismatchError(faults.InputError):
@@ -78,6 +85,9 @@ class Checkpointer:
     # gs://... (shared by all hosts) stays a URL; Orbax writes it through etils.epath.
     self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.failed_steps: list[int] = []
+    self.damaged_steps: list[int] = []  # found damaged here (moved aside unless read-only)
+    self._read_only = bool(read_only)
+    self._intact: set[int] = set()  # steps whose files matched their manifest
     self._inflight: int | None = None
     self._async = bool(async_save)
     self._pause = _parse_pause(os.environ.get(PAUSE_ENV, "")) if async_save else None
@@ -85,8 +95,9 @@ class Checkpointer:
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         create=not read_only, read_only=read_only, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only,
-        async_options=(ocp.AsyncOptions(post_finalization_callback=self._test_pause)
-                       if self._pause else None))
+        # Runs on process 0 after every process wrote its files, before the commit (rename).
+        async_options=(ocp.AsyncOptions(post_finalization_callback=self._before_commit)
+                       if async_save and not read_only else None))
     absl_logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
     absl_logger.addFilter(notice)
     try:
@@ -99,10 +110,50 @@ class Checkpointer:
       absl_logger.removeFilter(notice)
 
   def latest_step(self) -> int | None:
-    return self._mngr.latest_step()
+    steps = self.all_steps()
+    return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    return list(self._mngr.all_steps())
+    # Read-only readers cannot move a damaged step aside; they skip it.
+    return sorted(s for s in self._mngr.all_steps() if s not in self.damaged_steps)
+
+  def step_dir(self, step: int) -> epath.Path:
+    return epath.Path(self.directory) / str(step)
+
+  def set_aside_damaged(self) -> int | None:
+    """Check the newest steps until one is intact; report each damaged one in one line and move
+    it aside (read-only: skip it). Returns the newest intact step (None: no checkpoint left).
+    With several processes, process 0 checks and moves; the others wait and read the result."""
+    multi = jax.process_count() > 1
+    if not multi or jax.process_index() == 0:
+      for step in reversed(self.all_steps()):
+        damage = integrity.verify(self.step_dir(step))
+        if damage is None:
+          self._intact.add(step)
+          break
+        self._set_aside(step, damage.describe(self.step_dir(step)))
+    if multi:
+      from medmoe_jax.distributed import share_from_process_0
+      self.damaged_steps = json.loads(share_from_process_0(
+          f"medmoe_jax: damaged checkpoints in {self.directory}", json.dumps(self.damaged_steps)))
+    self._mngr.reload()
+    return self.latest_step()
+
+  def check_intact(self, step: int) -> None:
+    """Raise DamagedCheckpointError naming the first damaged file of `step` (checked once)."""
+    if step in self._intact:
+      return
+    damage = integrity.verify(self.step_dir(step))
+    if damage is not None:
+      raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory} is damaged: "
+                                   f"{damage.describe(self.step_dir(step))}", step, damage.file)
+    self._intact.add(step)
+
+  def _set_aside(self, step: int, damage_text: str) -> None:
+    moved = None if self._read_only else integrity.move_aside(self.step_dir(step))
+    self.damaged_steps.append(step)
+    print(integrity.damaged_message(step, self.directory, damage_text, moved), file=sys.stderr,
+          flush=True)
 
   def save(self, step: int, state: TrainState, data_state: dict | None, *, force=False) -> bool:
     """Start saving `step` (async). Returns False, after printing why, when this save or the
@@ -115,6 +166,9 @@ class Checkpointer:
     self._inflight = step
     try:
       saved = self._mngr.save(step, args=args, force=force)
+      if saved and not self._async and jax.process_index() == 0:
+        # A synchronous save has committed already: the manifest follows it.
+        integrity.write_manifest(self.step_dir(step))
     except Exception as e:  # noqa: BLE001  (any storage error; reported, training goes on)
       self._failed(step, e)
       return False
@@ -175,10 +229,36 @@ class Checkpointer:
 
   def restore(self, abstract_state: TrainState, step: int | None = None):
     """abstract_state: TrainState of jax.ShapeDtypeStruct carrying the target shardings (so a
-    checkpoint written on one mesh restores onto another). Returns (state, data_state, step)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    checkpoint written on one mesh restores onto another). Returns (state, data_state, step).
+
+    step=None: the newest intact step. A step that passed its manifest check (or has none) but
+    cannot be read is damaged too: with no manifest to blame a bug instead, one process moves it
+    aside and tries the next; otherwise the error is reported in one line."""
+    explicit = step is not None
+    while True:
+      if step is None:
+        step = self.latest_step()
+      if step is None:
+        raise self.no_intact_checkpoint_error()
+      try:
+        return self._restore(abstract_state, step)
+      except DamagedCheckpointError:
+        raise
+      except Exception as e:  # noqa: BLE001  (filtered: read errors only)
+        cause = _read_error(e)
+        if cause is None:
+          raise
+        text = f"it could not be read ({faults.describe_save_error(cause)})"
+        if explicit or jax.process_count() > 1 or integrity.has_manifest(self.step_dir(step)):
+          raise DamagedCheckpointError(
+              f"checkpoint step {step} in {self.directory}: {text}; move {self.step_dir(step)} "
+              "aside (rename it) to resume from the step before it", step) from None
+        self._set_aside(step, text)
+        self._mngr.reload()
+        step = None
+
+  def _restore(self, abstract_state: TrainState, step: int):
+    self.check_intact(step)
     items = dict(state=ocp.args.StandardRestore(_as_dict(abstract_state)))
     mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     if (epath.Path(self.directory) / str(step) / "data" / mine).exists():
@@ -194,26 +274,64 @@ class Checkpointer:
   def restore_params(self, abstract_params, step: int | None = None):
     """Only the parameters of a train state (no optimizer state, no data iterator): what
     evaluation needs. abstract_params: pure-dict tree of jax.ShapeDtypeStruct with target
-    shardings. Returns (params, step)."""
-    step = self.latest_step() if step is None else step
+    shardings. Returns (params, step).
+
+    step=None: the newest intact step (damaged newer ones are reported and skipped, or moved
+    aside by a writable checkpointer); a given step that is damaged raises
+    DamagedCheckpointError."""
     if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      newest = self.latest_step()
+      step = self.set_aside_damaged()
+      if step is not None and step != newest:
+        print(f"using checkpoint step {step} in {self.directory}, the newest intact one",
+              file=sys.stderr, flush=True)
+    if step is None:
+      raise self.no_intact_checkpoint_error()
     if step not in self.all_steps():
       raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
                               f"available steps: {self.all_steps()}")
+    self.check_intact(step)
     # The manager's "state" handler restores whole trees; read the item directly to take only
     # the parameters (no optimizer moments are loaded).
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
-    with ocp.PyTreeCheckpointer() as reader:
-      restored = reader.restore(
-          epath.Path(self.directory) / str(step) / "state",
-          args=ocp.args.PyTreeRestore(item={"params": abstract_params},
-                                      restore_args={"params": restore_args}, partial_restore=True))
+    try:
+      with ocp.PyTreeCheckpointer() as reader:
+        restored = reader.restore(
+            self.step_dir(step) / "state",
+            args=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                        restore_args={"params": restore_args},
+                                        partial_restore=True))
+    except Exception as e:  # noqa: BLE001  (filtered: read errors only)
+      cause = _read_error(e)
+      if cause is None:
+        raise
+      raise DamagedCheckpointError(
+          f"checkpoint step {step} in {self.directory}: it could not be read "
+          f"({faults.describe_save_error(cause)}); pick another step", step) from None
     return restored["params"], step
+
+  def no_intact_checkpoint_error(self) -> Exception:
+    if self.damaged_steps:
+      return DamagedCheckpointError(
+          f"no intact checkpoint in {self.directory}: every step is damaged "
+          f"({', '.join(map(str, sorted(self.damaged_steps)))}; see above)")
+    return FileNotFoundError(f"no checkpoint in {self.directory}")
 
   def close(self):
     self.wait()
     self._mngr.close()
+
+  def _before_commit(self):
+    """Process 0, after every process has written its files of the in-flight step, before Orbax
+    commits it: the manifest goes into the step while it is still temporary, so a committed
+    step always has one."""
+    step = self._inflight
+    if step is not None:
+      tmp = sorted(epath.Path(self.directory).glob(f"{step}{TMP_SUFFIX}*"))
+      # Object stores have no rename: the step is written in place, marked by a commit file.
+      integrity.write_manifest(tmp[-1] if tmp else self.step_dir(step))
+    if self._pause:
+      self._test_pause()
 
   def _test_pause(self):
     step, seconds = self._pause
@@ -221,6 +339,18 @@ class Checkpointer:
       print(f"medmoe test hook: checkpoint step {step} is fully written to a temporary directory; "
             f"pausing {seconds:g}s before committing it", file=sys.stderr, flush=True)
       faults.wait_for_stop(seconds)
+
+
+def _read_error(e: BaseException) -> BaseException | None:
+  """The storage error behind a failed restore (TensorStore raises ValueError, "OUT_OF_RANGE:
+  ..." for a truncated file; Orbax wraps it in a bare Exception), or None for anything else (a
+  bug keeps its traceback)."""
+  seen = 0
+  while e is not None and seen < 8:
+    if isinstance(e, (ValueError, OSError, KeyError, UnicodeDecodeError)):
+      return e
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return None
 
 
 def _parse_pause(value: str):

@@ -191,3 +191,18 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     multihost_utils.sync_global_devices(name)
   else:
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def share_from_process_0(name: str, value: str, timeout_s: int = 1800) -> str:
+  """Process 0's `value` on every process (each `name` once per job): a decision one process
+  makes (which checkpoint steps are damaged) and all must follow. Coordination-service key-value
+  store, like barrier(): no device collective, no compile."""
+  import jax
+  if jax.process_count() == 1:
+    return value
+  from jax._src import distributed as jax_distributed
+  client = jax_distributed.global_state.client
+  if jax.process_index() == 0:
+    client.key_value_set(name, value)
+    return value
+  return client.blocking_key_value_get(name, timeout_s * 1000)

@@ -54,7 +54,6 @@ class Trainer:
     import jax
 
     from medmoe_jax import config as cfg_lib
-    from medmoe_jax.checkpoint import Checkpointer
     from medmoe_jax.data import corpus
     from medmoe_jax.distributed import barrier, data_shard
     from medmoe_jax.training import faults
@@ -86,16 +85,25 @@ class Trainer:
       raise faults.InputError(str(e)) from None
     if multi and jax.process_index() == 0:
       barrier("medmoe_jax: dataset built")
-    # Every process writes its own parts of a checkpoint to the same (shared) directory.
-    self.checkpointer = Checkpointer(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"),
-                                     keep=c.train.keep_checkpoints,
-                                     async_save=c.train.async_checkpoint)
-    self.checkpointer.check_compatible(self.abstract_state)  # metadata only, before compute
+    self.open_checkpointer()
     if multi:
       # Compile, then meet: no process should sit in the first step's collectives while another
       # is still compiling (CPU collectives time out after 30 s).
       self.train_step = self.train_step.lower(*self.abstract_step_inputs()).compile()
       barrier("medmoe_jax: train step compiled")
+    return self
+
+  def open_checkpointer(self):
+    """The checkpointer of self.workdir (or self.checkpoint_dir), its newest intact step found
+    (damaged newer ones moved aside) and checked against the config: metadata only, no compute."""
+    from medmoe_jax.checkpoint import Checkpointer
+    c = self.config
+    # Every process writes its own parts of a checkpoint to the same (shared) directory.
+    self.checkpointer = Checkpointer(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"),
+                                     keep=c.train.keep_checkpoints,
+                                     async_save=c.train.async_checkpoint)
+    self.checkpointer.set_aside_damaged()
+    self.checkpointer.check_compatible(self.abstract_state)
     return self
 
   def setup_step(self):
@@ -169,6 +177,9 @@ class Trainer:
     iterator = iter(self.dataset)
     self.restored_window = None
     latest = self.checkpointer.latest_step()
+    if latest is None and self.checkpointer.damaged_steps:
+      # Starting over would truncate metrics.jsonl: the user decides (the steps are kept).
+      raise self.checkpointer.no_intact_checkpoint_error()
     if latest is None:
       state = self._init_state()
       up = self.config.get("upcycle", None)
@@ -184,7 +195,10 @@ class Trainer:
     self.restored_window = data_state.pop(_WINDOW_KEY, None)
     if data_state:
       iterator.set_state(data_state)
-    print(f"resuming from checkpoint step {step} in {self.checkpointer.directory}", flush=True)
+    newest = (f", the newest intact one (damaged: {', '.join(map(str, self.checkpointer.damaged_steps))})"
+              if self.checkpointer.damaged_steps else "")
+    print(f"resuming from checkpoint step {step} in {self.checkpointer.directory}{newest}",
+          flush=True)
     return state, iterator
 
   def run(self, *, stop_at: int | None = None, progress: bool = True):
