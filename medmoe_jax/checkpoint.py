@@ -375,7 +375,7 @@ def read_run_config(workdir: str):
     try:
       data = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+      raise faults.InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
   return ml_collections.ConfigDict(data)
 
 

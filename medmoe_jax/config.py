@@ -16,6 +16,7 @@ from medmoe_jax import languages as langs
 from medmoe_jax.model.spec import (BACKENDS, GROUPED_MATMULS, LANGUAGE_ROUTING, ModelSpec, MoESpec,
                                    parse_moe_layers, segments_for)
 from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
+from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", "it", "pt",
@@ -25,7 +26,7 @@ SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """A config value is wrong; the message names the key and what to do."""
 
 

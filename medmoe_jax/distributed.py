@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 
-class DistributedError(ValueError):
+class DistributedError(InputError):
   """The multi-process settings are inconsistent; the message names the flag or variable."""
 
 
@@ -193,8 +194,11 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
 
 
+_shared_calls: dict[str, int] = {}
+
+
 def share_from_process_0(name: str, value: str, timeout_s: int = 1800) -> str:
-  """Process 0's `value` on every process (each `name` once per job): a decision one process
+  """Process 0's `value` on every process: a decision one process
   makes (which checkpoint steps are damaged) and all must follow. Coordination-service key-value
   store, like barrier(): no device collective, no compile."""
   import jax
@@ -202,6 +206,9 @@ def share_from_process_0(name: str, value: str, timeout_s: int = 1800) -> str:
     return value
   from jax._src import distributed as jax_distributed
   client = jax_distributed.global_state.client
+  # Every process makes the same calls in the same order: a count makes each key new.
+  _shared_calls[name] = _shared_calls.get(name, 0) + 1
+  name = f"{name} #{_shared_calls[name]}"
   if jax.process_index() == 0:
     client.key_value_set(name, value)
     return value

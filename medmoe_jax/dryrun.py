@@ -38,11 +38,12 @@ import math
 import os
 import re
 import time
+from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 GiB = 1024**3
 
 
-class DryRunError(ValueError):
+class DryRunError(InputError):
   """The job cannot run as configured; the message says why and what to change."""
 
 

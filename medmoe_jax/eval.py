@@ -309,7 +309,7 @@ class Evaluator:
     path = os.path.join(self.out, "results.json")
     results = report.load_results(path)
     if results is not None and results["checkpoint"]["workdir"] != self.run_dir:
-      raise ValueError(f"{path} holds results of {results['checkpoint']['workdir']}, not "
+      raise ConfigError(f"{path} holds results of {results['checkpoint']['workdir']}, not "
                        f"{self.run_dir}; choose another --workdir")
     run_config = read_run_config(self.run_dir)
     if results is None:
@@ -372,11 +372,7 @@ def main(argv):
   c = FLAGS.config
   paths.resolve_eval_paths(c)  # relative paths mean: relative to where the command runs
   workdir = paths.absolute(FLAGS.workdir or os.path.join("workdir", "eval"))
-  from medmoe_jax.evaluation.mcq import MCQFormatError
-  try:
-    results = run(c, workdir)
-  except (ConfigError, MCQFormatError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from None
+  results = run(c, workdir)  # faults: one line and an exit code (training/faults.exit_codes)
   latest = results["evaluations"][-1]
   summary = {k: v.get("major_average") for k, v in (latest.get("mcq") or {}).items()}
   print(f"done: step {latest['step']}; major-language accuracy {summary}; held-out perplexity "
@@ -388,4 +384,5 @@ if __name__ == "__main__":
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Output directory (results.json, report.md, figures/); "
                       "default ./workdir/eval.")
-  app.run(main)
+  from medmoe_jax.training.faults import exit_codes
+  app.run(exit_codes(main))

@@ -47,13 +47,15 @@ import sys
 
 import numpy as np
 
+from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SUPPORTED = ("qwen2", "qwen3", "llama", "qwen2_moe", "qwen3_moe")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
-class HFError(ValueError):
+class HFError(InputError):
   """The HF directory or the model cannot be converted; the message says why and what to do."""
 
 
@@ -167,7 +169,10 @@ def read_hf_config(hf_dir: str) -> dict:
   if not os.path.isfile(path):
     raise HFError(f"{hf_dir}: no config.json (a Hugging Face model directory has one)")
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise HFError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
 
 
 # RoPE types we compute exactly as transformers does (model/layers.rope_inv_freq).
@@ -724,4 +729,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from medmoe_jax.training.faults import exit_codes
+  sys.exit(exit_codes(main)())

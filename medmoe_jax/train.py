@@ -64,6 +64,8 @@ class Trainer:
     faults.check_workdir(self.workdir)  # before the data build and the first compile
     faults.check_free_space(self.workdir, sum(x.size * x.dtype.itemsize
                                               for x in jax.tree.leaves(self.abstract_state)))
+    self._check_upcycle_source()
+    self.open_checkpointer()  # a damaged or mismatched checkpoint: found before the data build
 
     # Data: each process reads the shard of the global batch its devices hold.
     self.tokenizer = load_tokenizer(c.data.tokenizer)
@@ -85,13 +87,26 @@ class Trainer:
       raise faults.InputError(str(e)) from None
     if multi and jax.process_index() == 0:
       barrier("medmoe_jax: dataset built")
-    self.open_checkpointer()
     if multi:
       # Compile, then meet: no process should sit in the first step's collectives while another
       # is still compiling (CPU collectives time out after 30 s).
       self.train_step = self.train_step.lower(*self.abstract_step_inputs()).compile()
+      self._init_state = self._init_state.lower().compile()  # its output spans processes too
       barrier("medmoe_jax: train step compiled")
     return self
+
+  def _check_upcycle_source(self):
+    """A fresh run that starts from config.upcycle.from: a missing or damaged source fails here,
+    before the data build and the compile (a resumed run does not read it)."""
+    up = self.config.get("upcycle", None)
+    if up is None or not up["from"]:
+      return
+    from etils import epath
+    ckpts = epath.Path(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"))
+    if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+      return
+    from medmoe_jax import upcycle
+    upcycle.find_step_dir(up["from"])
 
   def open_checkpointer(self):
     """The checkpointer of self.workdir (or self.checkpoint_dir), its newest intact step found
@@ -102,7 +117,9 @@ class Trainer:
     self.checkpointer = Checkpointer(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"),
                                      keep=c.train.keep_checkpoints,
                                      async_save=c.train.async_checkpoint)
-    self.checkpointer.set_aside_damaged()
+    if self.checkpointer.set_aside_damaged() is None and self.checkpointer.damaged_steps:
+      # Starting over would truncate metrics.jsonl: the user decides (the steps are kept).
+      raise self.checkpointer.no_intact_checkpoint_error()
     self.checkpointer.check_compatible(self.abstract_state)
     return self
 
@@ -177,9 +194,6 @@ class Trainer:
     iterator = iter(self.dataset)
     self.restored_window = None
     latest = self.checkpointer.latest_step()
-    if latest is None and self.checkpointer.damaged_steps:
-      # Starting over would truncate metrics.jsonl: the user decides (the steps are kept).
-      raise self.checkpointer.no_intact_checkpoint_error()
     if latest is None:
       state = self._init_state()
       up = self.config.get("upcycle", None)

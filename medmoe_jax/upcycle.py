@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from medmoe_jax.model.spec import ModelSpec
+from medmoe_jax.training.faults import InputError  # a ValueError: one line from the CLIs
 
 # Names in the param tree (model/layers.py, model/moe.py, model/transformer.py).
 DENSE_FFN = ("gate_proj", "up_proj", "down_proj")
@@ -45,7 +46,7 @@ def _dense_layer_stack(dense: dict) -> dict:
   segs = [dense["segments"][k]["blocks"] for k in sorted(dense["segments"], key=int)]
   for s in segs:
     if "ffn" not in s or "gate_proj" not in s["ffn"]:
-      raise ValueError("upcycle: the source checkpoint has MoE layers; upcycling starts from a "
+      raise InputError("upcycle: the source checkpoint has MoE layers; upcycling starts from a "
                        "dense model (for a run's own MoE checkpoint use upcycle.method='none')")
   return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *segs)
 
@@ -54,11 +55,11 @@ def _check(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
   stack = _dense_layer_stack(dense)
   n = stack["input_norm"]["scale"].shape[0]
   if n != spec.num_layers:
-    raise ValueError(f"upcycle: the source has {n} layers, config.model.num_layers="
+    raise InputError(f"upcycle: the source has {n} layers, config.model.num_layers="
                      f"{spec.num_layers}; make them equal")
   for key in ("embed", "final_norm", "lm_head"):
     if (key in dense) != (key in fresh):
-      raise ValueError(f"upcycle: '{key}' is in only one of source and target; check "
+      raise InputError(f"upcycle: '{key}' is in only one of source and target; check "
                        "config.model.tie_embeddings against the source model")
   return stack
 
@@ -83,7 +84,7 @@ def _experts_from_ffn(ffn: dict, fresh_ffn: dict) -> dict:
     w = ffn[dense_name]["kernel"]
     target = fresh_ffn[moe_name]
     if w.shape[1:] != target.shape[2:]:
-      raise ValueError(f"upcycle: dense FFN {dense_name} {tuple(w.shape[1:])} does not match "
+      raise InputError(f"upcycle: dense FFN {dense_name} {tuple(w.shape[1:])} does not match "
                        f"the experts' {tuple(target.shape[2:])}; upcycled experts are full-size "
                        "copies: set config.moe.d_ff=0 (= model.d_ff)")
     out[moe_name] = jnp.broadcast_to(w[:, None], (w.shape[0], e) + w.shape[1:]).astype(target.dtype)
@@ -105,7 +106,7 @@ def _sparse_upcycle(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
                 for k in SHARED}
       blocks["ffn"] = _experts_from_ffn(layer["ffn"], fresh_blocks["ffn"])
     else:
-      raise ValueError(f"upcycle: segment kind {kind!r} is not produced by sparse upcycling")
+      raise InputError(f"upcycle: segment kind {kind!r} is not produced by sparse upcycling")
     out["segments"][i] = {**fresh["segments"][i], "blocks": blocks}
     start += count
   return out
@@ -120,7 +121,7 @@ def upcycle_lpr(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
   """MoE-LPR stage 1: expert 0 = the original FFN, the others copies of it. The surgery equals
   Apollo's; what differs is that expert 0 is frozen by the optimizer (freeze_experts=0)."""
   if spec.moe.num_experts < 2:
-    raise ValueError("upcycle lpr: needs moe.num_experts >= 2 (expert 0 + new experts)")
+    raise InputError("upcycle lpr: needs moe.num_experts >= 2 (expert 0 + new experts)")
   return _sparse_upcycle(dense, fresh, spec)
 
 
@@ -140,7 +141,7 @@ def upcycle_ct(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
       # Closed gate: fused = base + 0 * (moe - base) = base, exactly.
       seg = {**seg, "fusion": jax.tree.map(jnp.zeros_like, seg["fusion"])}
     else:
-      raise ValueError(f"upcycle ct: segment kind {kind!r}; MoE-CT keeps base layers dense "
+      raise InputError(f"upcycle ct: segment kind {kind!r}; MoE-CT keeps base layers dense "
                        "(config.moe.layers='none') and appends MoE blocks (moe.appended)")
     out["segments"][i] = seg
   return out
@@ -152,7 +153,7 @@ UPCYCLERS = {"apollo": upcycle_apollo, "lpr": upcycle_lpr, "ct": upcycle_ct}
 def upcycle(method: str, dense: dict, fresh: dict, spec: ModelSpec) -> dict:
   """Pure params of the dense base model + the target's fresh init -> the target's params."""
   if method not in UPCYCLERS:
-    raise ValueError(f"config.upcycle.method={method!r}; choose one of {', '.join(UPCYCLERS)}")
+    raise InputError(f"config.upcycle.method={method!r}; choose one of {', '.join(UPCYCLERS)}")
   return UPCYCLERS[method](dense, fresh, spec)
 
 
@@ -165,19 +166,51 @@ def _epath(path):
 
 def find_step_dir(path: str):
   """A workdir (has checkpoints/), a checkpoints dir (has <step>/), or a step dir (has state/)
-  -> (step dir, step). The highest finished step is taken."""
+  -> (step dir, step). The highest intact step is taken: a damaged newer one (its manifest,
+  checkpoint_integrity.py) is reported in one line and skipped, never touched (it belongs to
+  another run). A step dir named directly that is damaged raises DamagedCheckpointError."""
+  from medmoe_jax import checkpoint_integrity as integrity
+
   p = _epath(path)
   if not p.exists():
     raise FileNotFoundError(f"no checkpoint at {path}: the path does not exist")
   if (p / "state").is_dir():
-    return p, int(p.name) if p.name.isdigit() else -1
+    step = int(p.name) if p.name.isdigit() else -1
+    damage = _verify_once(p)
+    if damage is not None:
+      raise integrity.DamagedCheckpointError(
+          f"checkpoint step {step} at {p} is damaged: {damage.describe(p)}", step, damage.file)
+    return p, step
   if (p / "checkpoints").is_dir():
     p = p / "checkpoints"
   steps = sorted(int(d.name) for d in p.iterdir() if d.name.isdigit() and (d / "state").is_dir())
   if not steps:
     raise FileNotFoundError(f"no checkpoint at {path}: expected a workdir with checkpoints/, a "
                             "checkpoints directory with <step>/state, or a step directory")
-  return p / str(steps[-1]), steps[-1]
+  for step in reversed(steps):
+    damage = _verify_once(p / str(step))
+    if damage is None:
+      if step != steps[-1]:
+        print(f"using checkpoint step {step} in {p}, the newest intact one", flush=True)
+      return p / str(step), step
+    import sys
+    print(integrity.damaged_message(step, p, damage.describe(p / str(step))), file=sys.stderr,
+          flush=True)
+  raise integrity.DamagedCheckpointError(f"no intact checkpoint at {path}: every step is damaged "
+                                         f"({', '.join(map(str, steps))}; see above)")
+
+
+_VERIFIED: set[str] = set()  # step dirs already checked by this process (hashing is not free)
+
+
+def _verify_once(step_dir):
+  from medmoe_jax import checkpoint_integrity as integrity
+  if str(step_dir) in _VERIFIED:
+    return None
+  damage = integrity.verify(step_dir)
+  if damage is None:
+    _VERIFIED.add(str(step_dir))
+  return damage
 
 
 def find_config_json(path: str):
@@ -200,30 +233,48 @@ def load_params(path: str, abstract_params):
   to the target dtype. Raises ValueError naming the first parameter that differs."""
   import orbax.checkpoint as ocp
 
+  from medmoe_jax.checkpoint import _read_error
+  from medmoe_jax.checkpoint_integrity import DamagedCheckpointError
+
   step_dir, step = find_step_dir(path)
   handler = ocp.PyTreeCheckpointHandler()
-  meta = handler.metadata(step_dir / "state")
+
+  def unreadable(e):
+    cause = _read_error(e)
+    if cause is None:
+      return e  # a bug: keeps its traceback
+    from medmoe_jax.training.faults import describe_save_error
+    return DamagedCheckpointError(f"checkpoint at {step_dir} could not be read "
+                                  f"({describe_save_error(cause)})", step)
+
+  try:
+    meta = handler.metadata(step_dir / "state")
+  except Exception as e:  # noqa: BLE001  (filtered by unreadable)
+    raise unreadable(e) from None
   tree = getattr(meta, "tree", meta)
   if "params" not in tree:
-    raise ValueError(f"{step_dir}: not a medmoe_jax checkpoint (no 'params' in its state)")
+    raise InputError(f"{step_dir}: not a medmoe_jax checkpoint (no 'params' in its state)")
   have = {k: tuple(v.shape) for k, v in _flat(tree["params"]).items()}
   want = {k: tuple(v.shape) for k, v in _flat(abstract_params).items()}
   for k in sorted(want):
     if k not in have:
-      raise ValueError(f"{step_dir}: parameter {k} of the config is missing from the checkpoint "
+      raise InputError(f"{step_dir}: parameter {k} of the config is missing from the checkpoint "
                        f"(it has e.g. {sorted(have)[0]}); the checkpoint belongs to another model "
                        "layout: check config.model, config.moe.layers/appended and upcycle.method")
     if have[k] != want[k]:
-      raise ValueError(f"{step_dir}: parameter {k} has shape {have[k]} in the checkpoint but "
+      raise InputError(f"{step_dir}: parameter {k} has shape {have[k]} in the checkpoint but "
                        f"{want[k]} in the config; make config.model match the source model")
   extra = sorted(set(have) - set(want))
   if extra:
-    raise ValueError(f"{step_dir}: checkpoint parameter {extra[0]} has no place in the config's "
+    raise InputError(f"{step_dir}: checkpoint parameter {extra[0]} has no place in the config's "
                      "model; check config.model, config.moe.layers/appended and upcycle.method")
   item = {"params": abstract_params}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
-  restored = handler.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True))
+  try:
+    restored = handler.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  except Exception as e:  # noqa: BLE001  (filtered by unreadable)
+    raise unreadable(e) from None
   return restored["params"], step
 
 

@@ -159,16 +159,18 @@ def test_step_without_manifest_that_cannot_be_read_falls_back_too(runs, tmp_path
 
 @pytest.mark.e2e
 def test_every_step_damaged_is_one_line_and_nothing_is_truncated(runs, tmp_path, capfd):
+  # Found when the checkpoints are opened (before the data build and the compile); starting
+  # over is the user's decision, so metrics.jsonl keeps its history.
   def damage(d):
     for s in ("2", "4"):
       _damage(d.parent / s / "data" / "process_0-of-1.json", "remove")
-  t, work = _resume_damaged(runs, tmp_path, damage, capfd)
   with pytest.raises(DamagedCheckpointError, match=r"no intact checkpoint in .*: every step is "
                      r"damaged \(2, 4; see above\)") as e:
-    t.run(progress=False)
+    _resume_damaged(runs, tmp_path, damage, capfd)
+  work = tmp_path / "run"
   assert "\n" not in str(e.value)
   assert sorted(os.listdir(work / "checkpoints")) == ["2.damaged", "4.damaged"]
-  assert [r["step"] for r in _history(work)] == [2, 4]  # the metrics history is untouched
+  assert [r["step"] for r in _history(work)] == [2, 4]
   assert capfd.readouterr().err.count("is damaged") == 2
 
 
@@ -214,3 +216,28 @@ def test_manifest_detects_each_damage_and_move_aside_never_overwrites(tmp_path):
   (tmp_path / "7.damaged").mkdir()
   assert integrity.move_aside(d) == tmp_path / "7.damaged.1"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["7.damaged", "7.damaged.1"]
+
+
+def test_upcycle_source_with_a_damaged_newest_step_uses_the_newest_intact_one(runs, tmp_path, capfd):
+  # config.upcycle.from (and hf export) read another run's checkpoint: skip, never rename.
+  from medmoe_jax import upcycle
+  t, base, _, _ = runs
+  capfd.readouterr()
+  work = tmp_path / "source"
+  shutil.copytree(base, work)
+  rel = _array_file(work / "checkpoints" / "4", PARAMS)
+  _damage(work / "checkpoints" / "4" / rel, "flip")
+  params, step = upcycle.load_params(str(work), upcycle.abstract_params(t.spec))
+  assert step == 2
+  out, err = capfd.readouterr()
+  assert err.strip() == (f"checkpoint step 4 in {work / 'checkpoints'} is damaged: "
+                         f"{work / 'checkpoints' / '4' / rel} has changed contents (sha256 "
+                         "differs from the one written with it); left in place (read-only)")
+  assert f"using checkpoint step 2 in {work / 'checkpoints'}, the newest intact one" in out
+  ck = Checkpointer(str(work / "checkpoints"), read_only=True)
+  want, _ = ck.restore_params(jax.tree.map(lambda x: x, t.abstract_state.params), 2)
+  ck.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(want))
+  with pytest.raises(DamagedCheckpointError, match=rf"checkpoint step 4 at .*/4 is damaged: .*{rel} "
+                     r"has changed contents"):
+    upcycle.load_params(str(work / "checkpoints" / "4"), upcycle.abstract_params(t.spec))

@@ -78,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from medmoe_jax.training.faults import exit_codes
+  app.run(exit_codes(main))

@@ -32,6 +32,7 @@ import gzip
 import json
 from collections.abc import Iterator
 from typing import Any
+from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 from medmoe_jax.data import chat
 
@@ -41,7 +42,7 @@ CHAT_FIELDS = ("messages", "conversations", "turns")
 EXTENSIONS = (".jsonl", ".json", ".parquet", ".txt")
 
 
-class DataError(ValueError):
+class DataError(InputError):
   """Bad input at path:line (field); `kind` is the statistics key; `fatal` ends the file."""
 
   def __init__(self, path: str, line: int | str, kind: str, message: str, *,
@@ -59,7 +60,7 @@ class Record:
   segmented: bool = False     # chat.Rendered.segmented: how the pipeline tokenizes the spans
 
 
-class FieldError(ValueError):
+class FieldError(InputError):
   def __init__(self, field: str, kind: str, message: str):
     self.field, self.kind = field, kind
     super().__init__(message)

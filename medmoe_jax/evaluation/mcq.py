@@ -31,6 +31,7 @@ import numpy as np
 
 from medmoe_jax.evaluation import templates
 from medmoe_jax.languages import MAJOR_LANGUAGES
+from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 LETTERS = "ABCDEF"
 
@@ -51,7 +52,7 @@ _OPTION_LINE = re.compile(r"^\s*[（(]\s*([A-Fa-f])\s*[）)]\s?(.*)$")
 _ANSWER = re.compile(r"^\s*[（(]?\s*([A-Fa-f])\s*[）)]?\s*\.?\s*$")
 
 
-class MCQFormatError(ValueError):
+class MCQFormatError(InputError):
   """A multiple-choice file or item is not usable; the message names the file and the item."""
 
 

@@ -48,6 +48,8 @@ import pathlib
 import sys
 import time
 
+from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
+
 SAMPLE_LANGUAGES = (("en", "zh", "es"), ("sw", "ha", "mg"))
 SYNTHETIC_LANGUAGES = (("qaa", "qab", "qba"), ("qca", "qcb", "qda"))
 CORPORA = ("synthetic", "sample")
@@ -137,7 +139,7 @@ QUICK = dict(d_model=32, num_layers=3, num_heads=2, num_kv_heads=1, d_ff=64, seq
              tokenizer_vocab=512, seeds=(0,))
 
 
-class ExperimentError(ValueError):
+class ExperimentError(InputError):
   """Bad settings or a workdir that holds another experiment; the message says what to do."""
 
 
@@ -598,4 +600,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  from medmoe_jax.training.faults import exit_codes
+  exit_codes(main)()

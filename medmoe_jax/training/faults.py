@@ -11,6 +11,14 @@ scheduler sees) lives here, so it is written down once and the README can point 
   a checkpoint save fails                report, keep the previous checkpoint, go on;     4
                                          the run fails only if its last save fails
   bad config / input / workdir           one line naming what and where, before compute   2
+  a damaged checkpoint (file missing,    one line naming step and file; the step is      -
+  truncated or changed: its manifest)    moved aside, the run resumes from the newest
+                                         intact one; none intact: one line                2
+  disk full writing any other output     one line                                         4
+  Ctrl-C outside training                one line                                         130
+  anything else (a bug)                  its traceback and a line saying it is a bug      1
+
+Every CLI (train, the dry run, eval, data, hf, experiments.expand) wraps its main in exit_codes.
 
 75 is EX_TEMPFAIL ("try again"): a preempted run is not finished, so a scheduler that restarts
 failed jobs restarts it, and `train && eval` does not evaluate a half-trained model.
@@ -31,6 +39,8 @@ EXIT_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: rerun the same command to resume
+EXIT_BUG = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 class InputError(ValueError):
@@ -218,26 +228,68 @@ def locate_decode_error(files, error: UnicodeDecodeError) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split("\n")).strip() or type(e).__name__
+
+
 def exit_codes(main):
-  """Wrap an absl main: expected faults print one line to stderr and exit with their code;
-  anything else keeps its traceback (a bug, not a fault)."""
-  from medmoe_jax.config import ConfigError
+  """Wrap a CLI main (absl's or argparse's): faults a user can fix print one line to stderr and
+  exit with their documented code; anything else is a bug: its traceback, then a line that
+  says so (exit 1).
+
+  User-fixable: InputError (every CLI's input errors derive from it: ConfigError, DataError,
+  HFError, ...), WorkdirError, a missing/unreadable path (FileNotFoundError, PermissionError,
+  ...), a full disk (exit 4), Ctrl-C outside training (exit 130), and a CLI's own
+  SystemExit("error: ...")."""
+  import traceback
+
+  from absl.app import UsageError
 
   @functools.wraps(main)
-  def wrapped(argv):
+  def wrapped(*args, **kwargs):
+    def fail(code, text):
+      print(text, file=sys.stderr, flush=True)
+      sys.exit(code)
+
+    def bug():
+      traceback.print_exc()
+      fail(EXIT_BUG, "internal error: the traceback above is a bug in medmoe_jax, not a problem "
+                     "with the input; please report it with the command that was run")
+
     try:
-      return main(argv)
+      return main(*args, **kwargs)
     except Preempted as e:
-      print(f"preempted: {e}", file=sys.stderr, flush=True)
-      sys.exit(EXIT_PREEMPTED)
+      fail(EXIT_PREEMPTED, f"preempted: {_one_line(e)}")
     except NonFiniteError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(EXIT_NONFINITE)
+      fail(EXIT_NONFINITE, f"error: {_one_line(e)}")
     except CheckpointSaveError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(EXIT_SAVE_FAILED)
-    except (ConfigError, InputError, WorkdirError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(EXIT_INPUT)
+      fail(EXIT_SAVE_FAILED, f"error: {_one_line(e)}")
+    except (InputError, WorkdirError) as e:
+      fail(EXIT_INPUT, f"error: {_one_line(e)}")
+    except OSError as e:
+      if "config file" in str(e):  # ml_collections' config_flags: --config could not be loaded
+        cause = e.__cause__ or e
+        while cause.__cause__ is not None:
+          cause = cause.__cause__
+        last = [l.strip() for l in str(cause).splitlines() if l.strip()]
+        fail(EXIT_INPUT, f"error: --config: the config file could not be loaded "
+                         f"({last[-1] if last else type(cause).__name__})")
+      if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fail(EXIT_SAVE_FAILED, f"error: writing {e.filename or 'an output'} failed: "
+                               f"{describe_save_error(e)}; free space and run it again")
+      if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError, FileExistsError)) or e.filename:
+        fail(EXIT_INPUT, f"error: {_one_line(e)}")
+      bug()
+    except KeyboardInterrupt:
+      fail(EXIT_INTERRUPTED, "interrupted (Ctrl-C)")
+    except UsageError:
+      raise  # absl prints the usage itself
+    except SystemExit as e:
+      if isinstance(e.code, str):  # a CLI's own one-line message
+        fail(EXIT_INPUT, " ".join(e.code.split("\n")))
+      raise
+    except Exception:  # noqa: BLE001  (a bug: keep the traceback, say so)
+      bug()
 
   return wrapped

@@ -1,0 +1,169 @@
+"""Every CLI, fed bad input and damaged files: one line on stderr, the documented exit code, no
+traceback (training/faults.exit_codes; README "Failure behaviour"). And a bug still shows its
+traceback, with a line that says it is one.
+
+Each case is one real `python -m ...` process that fails before any compute (a few seconds of
+imports each); the cases run two at a time.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from medmoe_jax import checkpoint_integrity as integrity
+from medmoe_jax.training import faults
+
+TINY = ["--config.model.num_layers=2", "--config.moe.layers=last:1", "--config.model.d_model=32",
+        "--config.model.num_heads=2", "--config.model.num_kv_heads=1", "--config.model.d_ff=64",
+        "--config.data.seq_len=32", "--config.data.batch_size=8", "--config.mesh.data=1"]
+
+
+def _damaged_run(root):
+  """A training workdir (config.json of the tiny model) whose only checkpoint, step 4, lost a
+  file its manifest lists."""
+  from conftest import load_config
+  from medmoe_jax import config as cfg_lib
+  c = load_config("post_moe")
+  c.model.update(dict(num_layers=2, d_model=32, num_heads=2, num_kv_heads=1, d_ff=64))
+  c.moe.layers = "last:1"
+  step = root / "checkpoints" / "4"
+  (step / "state").mkdir(parents=True)
+  (step / "state" / "_METADATA").write_text("{}")
+  integrity.write_manifest(step)
+  os.remove(step / "state" / "_METADATA")
+  (root / "config.json").write_text(cfg_lib.to_json(c))
+  return root
+
+
+def _cases(tmp):
+  damaged = _damaged_run(tmp / "damaged")
+  bad_json = tmp / "bad_json"
+  (bad_json / "checkpoints").mkdir(parents=True)
+  (bad_json / "config.json").write_text('{"model": ')
+  hf_bad = tmp / "hf_bad"
+  hf_bad.mkdir()
+  (hf_bad / "config.json").write_text('{"model_type": "qwen2",\n "hidden_size": }')
+  hf_trunc = tmp / "hf_trunc"
+  hf_trunc.mkdir()
+  (hf_trunc / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+  (hf_trunc / "model.safetensors").write_bytes(b"\x10\x00\x00")
+  corpus = tmp / "corpus.jsonl"
+  corpus.write_text('{"text": "a", "lang": "en"}\n{not json}\n')
+  train = ["medmoe_jax.train", "--config=configs/post_moe.py", *TINY]
+  ev = ["medmoe_jax.eval", "--config=configs/eval.py", f"--workdir={tmp / 'eval_out'}"]
+  data = ["medmoe_jax.data", "prepare", "--config=configs/post_moe.py", f"--workdir={tmp / 'd'}"]
+  hf = ["medmoe_jax.hf"]
+  E, S = faults.EXIT_INPUT, faults.EXIT_SAVE_FAILED
+  return {
+      # name: (argv, exit code, the last stderr line must match this regex)
+      "train: bad config value": (
+          [*train, "--config.moe.top_k=99", f"--workdir={tmp / 'w1'}"], E,
+          r"^error: config\.moe\.top_k"),
+      "train: config file missing": (
+          ["medmoe_jax.train", f"--config={tmp / 'nope.py'}"], E,
+          rf"^error: --config: the config file could not be loaded \(.*No such file.*nope\.py"),
+      "train: half the multi-process flags": (
+          [*train, "--coordinator_address=127.0.0.1:1234"], E,
+          r"^error: multi-process flags are all-or-nothing: also pass --num_processes"),
+      "train: upcycle source missing": (
+          [*train, f"--config.upcycle.from={tmp / 'no_source'}", "--config.upcycle.method=none",
+           f"--workdir={tmp / 'w2'}"], E, rf"^error: no checkpoint at {tmp / 'no_source'}"),
+      "train: every checkpoint damaged": (
+          [*train, f"--workdir={damaged}"], E,
+          rf"^error: no intact checkpoint in {damaged / 'checkpoints'}: every step is damaged \(4"),
+      "dry run: unknown topology": (
+          [*train, "--dry_run", "--topology=v9-8"], E, r"^dry run failed: .*v9-8"),
+      "eval: checkpoint path missing": (
+          [*ev, f"--config.checkpoint={tmp / 'nothing'}"], E,
+          rf"^error: config\.checkpoint: {tmp / 'nothing'} is not a directory"),
+      "eval: config.json malformed": (
+          [*ev, f"--config.checkpoint={bad_json}"], E,
+          rf"^error: {bad_json / 'config.json'}:1: malformed JSON"),
+      "data: malformed data file": (
+          [*data, f"--config.data.sources={corpus}"], E, rf"^error: {corpus}:2: malformed JSON"),
+      "data: disk full": (
+          [*data, "--config.data.sources=sample"], S, r"^error: writing .* failed: .*File too large"),
+      "hf: not a model directory": (
+          [*hf, "import", f"--hf_dir={tmp / 'nothing'}", f"--out={tmp / 'o1'}"], E,
+          r"^error: .*nothing: no config\.json"),
+      "hf: config.json malformed": (
+          [*hf, "import", f"--hf_dir={hf_bad}", f"--out={tmp / 'o2'}"], E,
+          rf"^error: {hf_bad / 'config.json'}:2: malformed JSON"),
+      "hf: truncated weights": (
+          [*hf, "import", f"--hf_dir={hf_trunc}", f"--out={tmp / 'o3'}"], E,
+          rf"^error: {hf_trunc / 'model.safetensors'}: not a readable safetensors file"),
+      "hf: damaged checkpoint": (
+          [*hf, "export", f"--checkpoint={damaged}", f"--out={tmp / 'o4'}"], E,
+          rf"^error: no intact checkpoint at {damaged}: every step is damaged"),
+      "experiment: unknown language": (
+          ["medmoe_jax.experiments.expand", "--quick", "--original=xx",
+           f"--workdir={tmp / 'x'}"], E, r"^error: --original: 'xx' is not in the embedded sample"),
+  }
+
+
+CASES = ["train: bad config value", "train: config file missing",
+         "train: half the multi-process flags", "train: upcycle source missing",
+         "train: every checkpoint damaged", "dry run: unknown topology",
+         "eval: checkpoint path missing", "eval: config.json malformed",
+         "data: malformed data file", "data: disk full", "hf: not a model directory",
+         "hf: config.json malformed", "hf: truncated weights", "hf: damaged checkpoint",
+         "experiment: unknown language"]
+
+
+def _run(argv, tmp, limit_file_size=False):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+
+  def small_files():  # RLIMIT_FSIZE: writes past 64 KiB fail with EFBIG (Python ignores SIGXFSZ)
+    import resource
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+  return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600, preexec_fn=small_files if limit_file_size else None)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("cli")
+  cases = _cases(tmp)
+  assert list(cases) == CASES
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    futures = {name: pool.submit(_run, argv, tmp, name == "data: disk full")
+               for name, (argv, _, _) in cases.items()}
+    return {name: (cases[name], f.result()) for name, f in futures.items()}, tmp
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", CASES)
+def test_cli_fault_is_one_line_and_its_exit_code(results, name):
+  import re
+  cases, tmp = results
+  (argv, code, pattern), p = cases[name]
+  assert "Traceback" not in p.stderr, p.stderr[-3000:]
+  lines = [l for l in p.stderr.splitlines() if l.strip()]
+  assert lines and re.search(pattern, lines[-1]), p.stderr[-3000:]
+  assert p.returncode == code, p.stderr[-3000:]
+  if name.endswith("checkpoint damaged"):
+    # The damage report (one line naming step and file) comes before the final line.
+    damaged = tmp / "damaged" / "checkpoints"
+    assert any(re.match(rf"checkpoint step 4 in {damaged} is damaged: .*_METADATA is missing",
+                        l) for l in lines), p.stderr
+
+
+@pytest.mark.e2e
+def test_a_bug_keeps_its_traceback_and_says_it_is_a_bug(tmp_path):
+  # A bug, not input: the wrapper must not hide it behind one line.
+  code = ("import sys; from medmoe_jax.training.faults import exit_codes\n"
+          "def main(argv): return {}['no such key']\n"
+          "exit_codes(main)(sys.argv)\n")
+  p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == faults.EXIT_BUG
+  assert "Traceback" in p.stderr and "KeyError: 'no such key'" in p.stderr
+  assert p.stderr.strip().splitlines()[-1].startswith("internal error: the traceback above is a bug")
