@@ -1,7 +1,7 @@
 """Apollo-MoE's 12-language experiments: Post-MoE with one expert per major language
 (ar de en es fr hi it ja ko pt ru zh), hybrid-k routing, top-2 without renormalisation.
 
-  python -m medmoe_jax.train --config=configs/hybrid_k12.py [--config.upcycle.from=DENSE]
+  python -m medmoe_jax.train --config=configs/hybrid_k12.py [--config.upcycle.from_=DENSE]
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_paper_training, apply_size, base_config

@@ -2,7 +2,7 @@
 language-family expert with weight 1 (top-1), in training and at inference (so the model needs
 the language tag at inference; it cannot be exported as plain Qwen2-MoE).
 
-  python -m medmoe_jax.train --config=configs/language_specific.py [--config.upcycle.from=DENSE]
+  python -m medmoe_jax.train --config=configs/language_specific.py [--config.upcycle.from_=DENSE]
   ... --config.languages.assignment=language --config.languages.table=major12  # per language
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """

@@ -5,7 +5,7 @@ original languages (`data.replay_share` of the documents). The LPR loss (0.1 x -
 the frozen original FFN; no load-balancing loss.
 
   python -m medmoe_jax.train --config=configs/moe_lpr_stage2.py  # from workdir/moe_lpr_stage1
-  ... --config.upcycle.from=DIR --config.data.replay_share=0.2
+  ... --config.upcycle.from_=DIR --config.data.replay_share=0.2
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_size, base_config

@@ -384,5 +384,5 @@ if __name__ == "__main__":
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, "Output directory (results.json, report.md, figures/); "
                       "default ./workdir/eval.")
-  from medmoe_jax.training.faults import exit_codes
-  app.run(exit_codes(main))
+  from medmoe_jax.training.faults import run_absl
+  run_absl(main)

@@ -453,5 +453,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from medmoe_jax.training.faults import exit_codes
-  app.run(exit_codes(main))
+  from medmoe_jax.training.faults import run_absl
+  run_absl(main)

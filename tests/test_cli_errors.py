@@ -42,7 +42,8 @@ def _damaged_run(root):
 
 
 def _cases(tmp):
-  damaged = _damaged_run(tmp / "damaged")
+  damaged = _damaged_run(tmp / "damaged")  # training moves its step aside: hf reads a copy
+  damaged_hf = _damaged_run(tmp / "damaged_hf")
   bad_json = tmp / "bad_json"
   (bad_json / "checkpoints").mkdir(parents=True)
   (bad_json / "config.json").write_text('{"model": ')
@@ -53,6 +54,8 @@ def _cases(tmp):
   hf_trunc.mkdir()
   (hf_trunc / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
   (hf_trunc / "model.safetensors").write_bytes(b"\x10\x00\x00")
+  bad_config = tmp / "bad_config.py"
+  bad_config.write_text("def get_config(:\n")
   corpus = tmp / "corpus.jsonl"
   corpus.write_text('{"text": "a", "lang": "en"}\n{not json}\n')
   train = ["medmoe_jax.train", "--config=configs/post_moe.py", *TINY]
@@ -68,11 +71,17 @@ def _cases(tmp):
       "train: config file missing": (
           ["medmoe_jax.train", f"--config={tmp / 'nope.py'}"], E,
           rf"^error: --config: the config file could not be loaded \(.*No such file.*nope\.py"),
+      "train: unknown config key": (
+          [*train, "--config.model.no_such_key=3"], E,
+          r"^error: command-line flags: no config key 'no_such_key'; check the --config\.<key>"),
+      "train: config file with a syntax error": (
+          ["medmoe_jax.train", f"--config={bad_config}"], E,
+          r"^error: command-line flags: invalid syntax \(.*bad_config\.py, line 1\)"),
       "train: half the multi-process flags": (
           [*train, "--coordinator_address=127.0.0.1:1234"], E,
           r"^error: multi-process flags are all-or-nothing: also pass --num_processes"),
       "train: upcycle source missing": (
-          [*train, f"--config.upcycle.from={tmp / 'no_source'}", "--config.upcycle.method=none",
+          [*train, f"--config.upcycle.from_={tmp / 'no_source'}", "--config.upcycle.method=none",
            f"--workdir={tmp / 'w2'}"], E, rf"^error: no checkpoint at {tmp / 'no_source'}"),
       "train: every checkpoint damaged": (
           [*train, f"--workdir={damaged}"], E,
@@ -99,16 +108,16 @@ def _cases(tmp):
           [*hf, "import", f"--hf_dir={hf_trunc}", f"--out={tmp / 'o3'}"], E,
           rf"^error: {hf_trunc / 'model.safetensors'}: not a readable safetensors file"),
       "hf: damaged checkpoint": (
-          [*hf, "export", f"--checkpoint={damaged}", f"--out={tmp / 'o4'}"], E,
-          rf"^error: no intact checkpoint at {damaged}: every step is damaged"),
+          [*hf, "export", f"--checkpoint={damaged_hf}", f"--out={tmp / 'o4'}"], E,
+          rf"^error: no intact checkpoint at {damaged_hf}: every step is damaged"),
       "experiment: unknown language": (
           ["medmoe_jax.experiments.expand", "--quick", "--original=xx",
            f"--workdir={tmp / 'x'}"], E, r"^error: --original: 'xx' is not in the embedded sample"),
   }
 
 
-CASES = ["train: bad config value", "train: config file missing",
-         "train: half the multi-process flags", "train: upcycle source missing",
+CASES = ["train: bad config value", "train: config file missing", "train: unknown config key",
+         "train: config file with a syntax error", "train: half the multi-process flags", "train: upcycle source missing",
          "train: every checkpoint damaged", "dry run: unknown topology",
          "eval: checkpoint path missing", "eval: config.json malformed",
          "data: malformed data file", "data: disk full", "hf: not a model directory",
@@ -151,7 +160,7 @@ def test_cli_fault_is_one_line_and_its_exit_code(results, name):
   assert p.returncode == code, p.stderr[-3000:]
   if name.endswith("checkpoint damaged"):
     # The damage report (one line naming step and file) comes before the final line.
-    damaged = tmp / "damaged" / "checkpoints"
+    damaged = tmp / ("damaged_hf" if name.startswith("hf") else "damaged") / "checkpoints"
     assert any(re.match(rf"checkpoint step 4 in {damaged} is damaged: .*_METADATA is missing",
                         l) for l in lines), p.stderr
 

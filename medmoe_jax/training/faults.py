@@ -293,3 +293,20 @@ def exit_codes(main):
       bug()
 
   return wrapped
+
+
+def run_absl(main):
+  """app.run(exit_codes(main)) for the absl CLIs (train, eval, data). What escapes app.run then
+  was raised while parsing the flags, before main: a config key that does not exist or cannot be
+  spelled on a command line (`upcycle.from`: use `from_`), a config file that does not compile.
+  One line for those too (a SyntaxError names its file and line)."""
+  from absl import app
+  try:
+    app.run(exit_codes(main))
+  except Exception as e:  # noqa: BLE001  (only flag parsing reaches here)
+    # ml_collections: KeyError / AttributeError("'key'") for a key the config does not have.
+    name = str(e.args[0]).strip("\"'") if e.args else ""
+    text = (f"no config key {name!r}; check the --config.<key> flags"
+            if isinstance(e, (KeyError, AttributeError)) and name.isidentifier() else _one_line(e))
+    print(f"error: command-line flags: {text}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INPUT)
