@@ -148,7 +148,6 @@ def results(tmp_path_factory):
     return {name: (cases[name], f.result()) for name, f in futures.items()}, tmp
 
 
-@pytest.mark.e2e
 @pytest.mark.parametrize("name", CASES)
 def test_cli_fault_is_one_line_and_its_exit_code(results, name):
   import re
@@ -165,7 +164,6 @@ def test_cli_fault_is_one_line_and_its_exit_code(results, name):
                         l) for l in lines), p.stderr
 
 
-@pytest.mark.e2e
 def test_a_bug_keeps_its_traceback_and_says_it_is_a_bug(tmp_path):
   # A bug, not input: the wrapper must not hide it behind one line.
   code = ("import sys; from medmoe_jax.training.faults import exit_codes\n"

@@ -91,7 +91,6 @@ def _history(workdir):
   return recs
 
 
-@pytest.mark.e2e
 def test_sigterm_and_sigkill_of_one_process_then_rerun_equals_an_uninterrupted_run(tmp_path):
   from medmoe_jax.data import sources
   c = _config(tmp_path / "data")
