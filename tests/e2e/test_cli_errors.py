@@ -106,12 +106,12 @@ def _cases(tmp):
           rf"^error: {hf_bad / 'config.json'}:2: malformed JSON"),
       "hf: truncated weights": (
           [*hf, "import", f"--hf_dir={hf_trunc}", f"--out={tmp / 'o3'}"], E,
-          rf"^error: {hf_trunc / 'model.safetensors'}: not a readable safetensors file"),
+          rf"^error: {hf_trunc / 'model.safetensors'}: not a safetensors file"),
       "hf: damaged checkpoint": (
           [*hf, "export", f"--checkpoint={damaged_hf}", f"--out={tmp / 'o4'}"], E,
           rf"^error: no intact checkpoint at {damaged_hf}: every step is damaged"),
       "experiment: unknown language": (
-          ["medmoe_jax.experiments.expand", "--quick", "--original=xx",
+          ["medmoe_jax.experiments.expand", "--quick", "--corpus=sample", "--original=en,xx",
            f"--workdir={tmp / 'x'}"], E, r"^error: --original: 'xx' is not in the embedded sample"),
   }
 
