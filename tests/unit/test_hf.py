@@ -102,8 +102,11 @@ def load_config_file(path):
   return mod.get_config()
 
 
-def test_round_trip_import_export_import_is_exact(qwen2):
+def test_round_trip_import_export_import_is_exact(qwen2, monkeypatch):
   root, model = qwen2
+  monkeypatch.chdir(root)  # paths as a user types them, relative to the shell's directory
+  assert hf.main(["export", "--checkpoint", "ours", "--out", "exp_relative"]) == 0
+  assert (root / "exp_relative" / "model.safetensors").is_file()
   assert hf.main(["export", "--checkpoint", str(root / "ours"), "--out", str(root / "exp")]) == 0
   cfg = json.load(open(root / "exp" / "config.json"))
   assert cfg["model_type"] == "qwen2" and cfg["tie_word_embeddings"] is True
