@@ -2,6 +2,7 @@
 (ar de en es fr hi it ja ko pt ru zh), hybrid-k routing, top-2 without renormalisation.
 
   python -m medmoe_jax.train --config=configs/hybrid_k12.py [--config.upcycle.from_=DENSE]
+MoE in the last 2 layers; configs/hybrid_k12_all.py is the analysis model with MoE in all layers.
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_paper_training, apply_size, base_config

@@ -25,7 +25,15 @@ def get_config(arg=None):
   c.moe.top_k = 2
   c.moe.norm_topk = True
   c.moe.language_routing = "none"
+  # 0.01 as the official stage-1 script (--aux_loss_coef 0.01), in Hugging Face's units: the
+  # trainer applies 0.01 x top_k x our per-choice lb_loss (config.py, moe.lb_loss_weight).
   c.moe.lb_loss_weight = 0.01
+  # As the official code and scripts: xavier-normal routers (peft moe layer), no weight decay
+  # and no warm-up (HF TrainingArguments defaults), cosine decay to 0.
+  c.moe.router_init = "xavier_normal"
+  c.train.weight_decay = 0.0
+  c.train.warmup_frac = 0.0
+  c.train.min_lr_ratio = 0.0
   c.upcycle.method = "lpr"
   c.upcycle["from"] = "workdir/dense"
   # Only the new experts and the routers train; expert 0 (the original FFN) is frozen.

@@ -1,11 +1,12 @@
 """MoE-LPR stage 2 (review with language-priors routing): only the routers train, from the
 stage-1 checkpoint (params only, fresh optimizer), on new-language text mixed with replay of the
-original languages (`data.replay_share` of the documents). The LPR loss (0.1 x -log p_router
+original languages: the first 50K documents of every language, mixed by count, as the official
+script draws them (`data.max_docs_per_language`; `data.replay_share` fixes a share instead). The LPR loss (0.1 x -log p_router
 (expert 0) over original-language tokens) teaches the routers to send the original languages to
 the frozen original FFN; no load-balancing loss.
 
   python -m medmoe_jax.train --config=configs/moe_lpr_stage2.py  # from workdir/moe_lpr_stage1
-  ... --config.upcycle.from_=DIR --config.data.replay_share=0.2
+  ... --config.upcycle.from_=DIR --config.data.replay_share=0.2   # a fixed replay share
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_size, base_config
@@ -26,15 +27,24 @@ def get_config(arg=None):
   c.moe.language_routing = "none"
   c.moe.lb_loss_weight = 0.0
   c.moe.lpr_loss_weight = 0.1
+  c.moe.router_init = "xavier_normal"  # stage 1's routers are loaded; kept for the record
+  # No weight decay, no warm-up, cosine to 0 (the official script's HF defaults).
+  c.train.weight_decay = 0.0
+  c.train.warmup_frac = 0.0
+  c.train.min_lr_ratio = 0.0
   # Start from stage 1's params as they are (same model), with a fresh optimizer.
   c.upcycle.method = "none"
   c.upcycle["from"] = "workdir/moe_lpr_stage1"
   c.train.freeze = "preset:lpr_stage2"  # routers only
   c.languages.use = SAMPLE_NEW + SAMPLE_ORIGINAL
   c.languages.original = list(SAMPLE_ORIGINAL)
-  # Their script draws the same number of documents from every dataset (new and replay), i.e.
-  # about half replay with 3 + 3 languages; any share in [0, 1) works.
-  c.data.replay_share = 0.5
+  # As the official stage-2 script draws it: the first 50K documents (--max_samples 50000) of
+  # every dataset, new and original languages alike, concatenated and shuffled: a language's
+  # share is its document count (temperature 1), no separate replay share. Set
+  # data.replay_share in (0, 1) to fix the original languages' share instead.
+  c.data.max_docs_per_language = 50000
+  c.data.temperature = 1.0
+  c.data.replay_share = 0.0
   c.train.steps = 100
   if c.size not in ("tiny", "small"):
     c.languages.table = "glottolog"

@@ -7,6 +7,7 @@ that can be checked without compute and raises ConfigError naming the key and th
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 
@@ -58,12 +59,18 @@ def base_config() -> ml_collections.ConfigDict:
       d_ff=0,                   # 0: same as model.d_ff (upcycled experts are full-size copies)
       norm_topk=False,          # Apollo-MoE: no renormalisation of the top-k weights
       language_routing="hybrid",  # "hybrid" (Apollo hybrid-k) | "hard" | "none"
-      router_init_std=0.02,
+      # Router weights [D, E]: "normal" (std router_init_std) or "xavier_normal" (std
+      # sqrt(2 / (D + E)), torch's xavier_normal_, as MoE-LPR's code initialises its routers).
+      router_init="normal", router_init_std=0.02,
       backend="auto",           # "auto" (= dropless) | "dropless" | "capacity" | "dense"
       grouped_matmul="auto",    # dropless kernel: "auto" | "chunked" (CPU) | "megablox" (TPU) | "ragged_dot"
       # Capacity backend only. Hybrid-k sends a whole single-language row to one family expert,
       # so a per-row capacity below E/k drops tokens; 4.0 drops none at 7 experts top-2.
       capacity_factor_train=4.0, capacity_factor_eval=4.0, jitter=0.0,
+      # lb_loss_weight is in Hugging Face's units (its load_balancing_loss_func, which MoE-LPR's
+      # and Mixtral's code use: the Switch loss summed over the k choices, k when balanced); the
+      # logged lb_loss is per choice (1 when balanced), so the trainer adds
+      # lb_loss_weight * top_k * lb_loss (training/step.py loss_weights).
       lb_loss_weight=0.0, z_loss_weight=0.0, lpr_loss_weight=0.0,
       # A shared expert in every MoE layer (Qwen2-MoE's): its SwiGLU width (0 = none) and a
       # per-token sigmoid gate, Linear(d_model -> 1), on its output. Upcycling starts it fresh.
@@ -77,7 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
       assignment="family",      # "family" | "language"
       use=tuple(SAMPLE_LANGUAGES),  # a tuple so --config.languages.use="('en','zh')" works
       original=(),              # MoE-LPR: languages routed to the frozen expert 0 by the LPR loss
-      paper_ne_alias=False))
+      # `ne` in table apollo50: the official code (and its data) put `ne` in the Altaic family
+      # for the paper's "Mongolian (Ne)", although `ne` is Nepali's ISO code. "auto": accept it
+      # there with a warning when languages.use holds `ne`; True: always; False: refuse `ne`.
+      paper_ne_alias=ml_collections.FieldReference("auto", field_type=object)))
   c.languages.custom_families = ml_collections.ConfigDict()  # code -> family name
 
   c.data = ml_collections.ConfigDict(dict(
@@ -98,7 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_threads=2, prefetch=2,  # pipeline read/tokenize threads; batches prepared ahead
       # MoE-LPR stage 2: share of sampled documents drawn from config.languages.original (the
       # replay data); 0 = plain temperature mixture over config.languages.use.
-      replay_share=0.0))
+      replay_share=0.0,
+      # > 0: each language's first N documents only (LLaMA-Factory's max_samples per dataset;
+      # MoE-LPR stage 2 uses 50K of every new and original language, mixed by count).
+      max_docs_per_language=0))
 
   c.train = ml_collections.ConfigDict(dict(
       steps=300, lr=3e-3, warmup_frac=0.03, min_lr_ratio=0.1, weight_decay=0.1,
@@ -168,14 +181,37 @@ def language_list(c) -> list[str]:
   return _csv(c.languages.use)
 
 
+NE_WARNING = ("config.languages: 'ne' is ISO 639-1 for Nepali; as the official Apollo-MoE code "
+              "does, it is read as the paper's 'Mongolian (Ne)' in the Altaic family (set "
+              "config.languages.paper_ne_alias=False to refuse it, or use 'mn')")
+
+
+def paper_ne_alias(c) -> bool:
+  """Whether `ne` joins apollo50's Altaic family (config.languages.paper_ne_alias)."""
+  value = c.languages.paper_ne_alias
+  if value == "auto":
+    custom = dict(c.languages.custom_families) if c.languages.custom_families else {}
+    return (c.languages.table == "apollo50" and "ne" in language_list(c) and "ne" not in custom)
+  if not isinstance(value, bool):
+    raise _err("languages.paper_ne_alias", f"{value!r}; use 'auto', True or False")
+  return value
+
+
 def expert_assignment(c) -> langs.ExpertAssignment:
   custom = dict(c.languages.custom_families) if c.languages.custom_families else None
+  alias = paper_ne_alias(c)
   try:
-    return langs.expert_assignment(c.languages.table, c.languages.assignment, language_list(c),
-                                   custom_families=custom,
-                                   paper_ne_alias=bool(c.languages.paper_ne_alias))
+    out = langs.expert_assignment(c.languages.table, c.languages.assignment, language_list(c),
+                                  custom_families=custom, paper_ne_alias=alias)
   except ValueError as e:
     raise ConfigError(f"config.languages: {e}") from None
+  if alias and "ne" in language_list(c) and not _NE_WARNED:
+    _NE_WARNED.append(True)  # once per process: validation calls this several times
+    logging.warning(NE_WARNING)
+  return out
+
+
+_NE_WARNED: list = []
 
 
 def mesh_shape(c, num_devices: int) -> dict[str, int]:
@@ -240,6 +276,8 @@ def validate(c, num_devices: int | None = None) -> None:
   if has_moe:
     if moe.num_experts < 1:
       raise _err("moe.num_experts", f"must be >= 1, got {moe.num_experts}")
+    if moe.get("router_init", "normal") not in ("normal", "xavier_normal"):
+      raise _err("moe.router_init", f"{moe.router_init!r}; use 'normal' or 'xavier_normal'")
     if not 1 <= moe.top_k <= moe.num_experts:
       raise _err("moe.top_k", f"top_k={moe.top_k} must be in [1, num_experts={moe.num_experts}]; "
                  "lower config.moe.top_k or raise config.moe.num_experts")
@@ -326,6 +364,8 @@ def _validate_data(c) -> None:
     raise _err("data.chat_template", f"{d.chat_template!r}; use one of {', '.join(chat.TEMPLATES)}")
   if d.validation_every < 0:
     raise _err("data.validation_every", f"must be >= 0, got {d.validation_every}")
+  if int(d.get("max_docs_per_language", 0)) < 0:
+    raise _err("data.max_docs_per_language", f"must be >= 0, got {d.max_docs_per_language}")
   if d.num_threads < 0 or d.prefetch < 0:
     raise _err("data", f"num_threads and prefetch must be >= 0, got {d.num_threads}, {d.prefetch}")
   from medmoe_jax.data import corpus  # light: no tfds/grain import until data is read
@@ -435,6 +475,13 @@ def rope_scaling_spec(m) -> tuple:
   return tuple(sorted([("rope_type", kind)] + [(k, float(rs[k])) for k in ROPE_SCALING_KEYS[kind]]))
 
 
+def router_init_std(c) -> float:
+  """The routers' init std: moe.router_init_std, or xavier-normal's sqrt(2 / (D + E))."""
+  if c.moe.get("router_init", "normal") == "xavier_normal":
+    return math.sqrt(2.0 / (c.model.d_model + c.moe.num_experts))
+  return float(c.moe.router_init_std)
+
+
 def model_spec(c) -> ModelSpec:
   """The model's plain spec from a validated config."""
   m, moe = c.model, c.moe
@@ -447,7 +494,7 @@ def model_spec(c) -> ModelSpec:
       norm_topk=bool(moe.norm_topk), language_routing=moe.language_routing,
       lang_to_expert=tuple(assignment.lang_to_expert) if moe.language_routing != "none" else (),
       lang_is_original=tuple(int(x in original) for x in lang_list) if original else (),
-      router_init_std=moe.router_init_std, backend=moe.backend,
+      router_init_std=router_init_std(c), backend=moe.backend,
       grouped_matmul=moe.grouped_matmul,
       capacity_factor_train=moe.capacity_factor_train,
       capacity_factor_eval=moe.capacity_factor_eval, jitter=moe.jitter,

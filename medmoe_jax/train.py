@@ -166,7 +166,7 @@ class Trainer:
     self._init_state = jax.jit(init_state, out_shardings=self.state_shardings)
 
 
-    weights = step_lib.LossWeights(c.moe.lb_loss_weight, c.moe.z_loss_weight, c.moe.lpr_loss_weight)
+    weights = step_lib.loss_weights(c)
     train_step = step_lib.make_train_step(self.graphdef, self.tx, weights, len(self.languages))
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.train_step = jax.jit(sharding.on_mesh(train_step, self.mesh), donate_argnums=0,

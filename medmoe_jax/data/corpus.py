@@ -93,7 +93,8 @@ def train_dataset(c, workdir: str, tokenizer, process_index: int = 0, process_co
       batch_size=c.data.batch_size // process_count, seed=c.seed,
       temperature=c.data.temperature, shard_index=process_index, shard_count=process_count,
       num_threads=int(c.data.num_threads), prefetch=int(c.data.prefetch),
-      packing=c.data.packing, replay=cfg_lib.replay(c))
+      packing=c.data.packing, replay=cfg_lib.replay(c),
+      max_docs_per_language=int(c.data.get("max_docs_per_language", 0)))
 
 
 # ---------------------------------------------------------------- statistics

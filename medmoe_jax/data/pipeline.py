@@ -133,6 +133,20 @@ def _groups(source, languages: Sequence[str], split_desc: str, weighted: bool):
   return out
 
 
+def cap_documents(groups, n: int):
+  """Groups [(lang, part, weight, indices)] keeping each language's first n documents, over its
+  groups in order (empty groups dropped)."""
+  left: dict[str, int] = {}
+  out = []
+  for lang, part, w, idx in groups:
+    keep = left.setdefault(lang, n)
+    idx = np.sort(np.asarray(idx))[:keep]
+    left[lang] = keep - len(idx)
+    if len(idx):
+      out.append((lang, part, w, idx))
+  return out
+
+
 def _seed_for(seed: int, lang: str, part: str = "") -> int:
   # Derived from the language code (and source name), so a group's document order does not
   # depend on which other languages or sources a config selects.
@@ -367,6 +381,7 @@ def make_lm_dataset(
     prefetch: int = PREFETCH,
     packing: str = "first_fit",
     replay: tuple[Sequence[str], float] | None = None,
+    max_docs_per_language: int = 0,
 ) -> grain.IterDataset:
   """Training batches from `source`: a TextSource, a ConcatSource (several weighted sources),
   or any sequence of {"text", "lang"[, "prompt_spans"]} records (prompt_spans: [[start, end], ...],
@@ -379,11 +394,15 @@ def make_lm_dataset(
   padded with empty rows. `tokenizer` is a Tokenizer or a spec for `load_tokenizer`.
   `packing`: "first_fit" or "concat" (see the module docstring).
   replay=(languages, share): those languages together get `share` of the mixture (MoE-LPR stage 2;
-  see `replay_weights`).
+  see `replay_weights`). max_docs_per_language > 0: only each language's first N documents (in
+  source order) are used, as LLaMA-Factory's `max_samples` keeps the first N of each dataset
+  (MoE-LPR stage 2 draws 50K documents of every language that way).
   """
   _check_args(seq_len, batch_size, shard_index, shard_count)
   tok = _load_tokenizer(tokenizer)
   groups = _groups(source, languages, "training", weighted=True)
+  if max_docs_per_language > 0:
+    groups = cap_documents(groups, int(max_docs_per_language))
   seed = int(seed) % 2**32
   if repeat:
     weights = group_weights([(l, p, w, len(i)) for l, p, w, i in groups], temperature)

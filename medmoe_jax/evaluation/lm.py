@@ -93,7 +93,7 @@ def _token_scores(graphdef, params, tokens, segment_ids, positions, lang_ids, *,
   lse = jax.nn.logsumexp(logits, axis=-1)
   lp = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0] - lse
   greedy = jnp.argmax(logits, axis=-1) == nxt
-  extra = {k: aux[k] for k in ("expert_indices", "dropped_fraction") if k in aux}
+  extra = {k: aux[k] for k in ("expert_indices", "router_probs", "dropped_fraction") if k in aux}
   return lp, greedy, extra
 
 
@@ -187,7 +187,8 @@ class LanguageModel:
   def token_scores(self, batch: dict) -> dict:
     """batch: numpy {tokens, segment_ids, positions, lang_ids} [B, S] (B = self.batch_size).
     Returns numpy {"logprobs", "greedy"} [B, S] and, for a model with MoE layers,
-    "expert_indices" [num_moe_layers, B, S, k] and "dropped_fraction" [num_moe_layers].
+    "expert_indices" [num_moe_layers, B, S, k], "router_probs" [num_moe_layers, B, S, E] and
+    "dropped_fraction" [num_moe_layers].
     (Routing comes with every call: one program a shape serves scoring and analysis alike.)"""
     lp, greedy, extra = _token_scores(
         self.graphdef, self.params, *(self.put(np.asarray(batch[k], np.int32))

@@ -224,19 +224,34 @@ def render(results: dict, root: str, step: int | None = None) -> str:
     lines += ["## Routing", "",
               f"Inference routing on held-out text: share of each language's token-to-expert "
               f"assignments per expert, at MoE layers {rt['layers']} (experts: "
-              f"{', '.join(rt['experts'])}). Own share: assignments landing on the language's own "
-              "expert; hit rate: tokens whose top-k holds it.", ""]
+              f"{', '.join(rt['experts'])}). "
+              + ("MoE-LPR: expert 0 is the frozen original FFN; its share of the assignments and "
+                 "its mean router probability per layer, for the original and the new languages."
+                 if rt.get("lpr") else
+                 "Own share: assignments landing on the language's own expert; hit rate: tokens "
+                 "whose top-k holds it." if rt.get("scheme", "assigned") == "assigned" else
+                 "The method assigns no expert to a language."), ""]
     for key, alt in (("own_share", "own-expert share by layer"), ("average", "average routing"),
                      ("languages", "routing per language")):
       if key in figs:
         lines += [f"![{alt}]({_rel(figs[key], root)})", ""]
-    header = ["language", "own expert"] + [f"share L{l}" for l in rt["layers"]] + \
-             [f"hit L{l}" for l in rt["layers"]]
-    rows = []
-    for l, v in rt["languages"].items():
-      rows.append([l, str(v["own_expert_name"])] + [pct(x) for x in (v["own_share"] or [None] * len(rt["layers"]))]
-                  + [pct(x) for x in (v["own_hit_rate"] or [None] * len(rt["layers"]))])
-    lines += _table(header, rows) + [""]
+    names = rt.get("layer_names") or [str(l) for l in rt["layers"]]
+    if rt.get("lpr"):
+      # MoE-LPR's measure (its paper): expert 0 (the original FFN) per layer, original vs new.
+      header = ["languages"] + [f"expert-0 share L{l}" for l in names] + \
+               [f"expert-0 prob L{l}" for l in names]
+      rows = [[f"{group} ({', '.join(g['languages'])})"] + [pct(x) for x in g["expert0_share"]]
+              + [pct(x) for x in (g["expert0_prob"] or [None] * len(names))]
+              for group, g in rt["lpr"].items()]
+      lines += _table(header, rows) + [""]
+    if any(v["own_share"] is not None for v in rt["languages"].values()):
+      header = ["language", "own expert"] + [f"share L{l}" for l in names] + \
+               [f"hit L{l}" for l in names]
+      rows = []
+      for l, v in rt["languages"].items():
+        rows.append([l, str(v["own_expert_name"])] + [pct(x) for x in (v["own_share"] or [None] * len(names))]
+                    + [pct(x) for x in (v["own_hit_rate"] or [None] * len(names))])
+      lines += _table(header, rows) + [""]
     per_lang = [f"[{k.split(':', 1)[1]}]({_rel(p, root)})" for k, p in figs.items() if k.startswith("lang:")]
     if per_lang:
       lines += ["Heatmap per language: " + ", ".join(per_lang), ""]

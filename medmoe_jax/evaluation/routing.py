@@ -1,8 +1,13 @@
 """Routing analysis: which experts each language's tokens go to, layer by layer.
 
 For every language and MoE layer: the fraction of the language's token-to-expert assignments
-(k per token) that land on each expert, the share landing on the language's own (family)
-expert, and the share of tokens whose top-k contains it. Inference routing (no hybrid forcing;
+(k per token) that land on each expert, the mean router probability of each expert, and, where
+the run's method assigns experts to languages (Apollo-MoE's family or language experts), the
+share landing on the language's own expert and the share of tokens whose top-k contains it.
+Experts are named as the method defines them (`scheme`): Apollo-MoE by family or language;
+MoE-LPR "expert 0 (original FFN)" and new experts, with the paper's measure, expert 0's share
+and probability per layer for the original and the new languages; MoE-CT's experts live in the
+appended blocks; any other model "expert i". Inference routing (no hybrid forcing;
 hard routing still follows the language), on held-out text. Figures: a heatmap layers x experts
 per language and averaged over languages, and the own-expert share by layer for every language:
 the paper's "Spread Out in the End" figure (low in early layers, high in the last ones).
@@ -24,14 +29,22 @@ class RoutingCounts:
     self.own = np.asarray(own_expert, np.int64)  # [L] (-1: no own expert)
     self.m, self.l, self.e = num_layers, len(self.languages), num_experts
     self.assign = np.zeros((self.m, self.l, self.e), np.int64)
+    self.prob_sum = np.zeros((self.m, self.l, self.e), np.float64)
+    self.has_probs = False
     self.hits = np.zeros((self.m, self.l), np.int64)
     self.tokens = np.zeros((self.l,), np.int64)
 
-  def add(self, expert_indices: np.ndarray, text_lang: np.ndarray, valid: np.ndarray):
+  def add(self, expert_indices: np.ndarray, text_lang: np.ndarray, valid: np.ndarray,
+          router_probs: np.ndarray | None = None):
     """expert_indices: [M, B, S, k]; text_lang: [B, S] index into `languages` (-1 none);
-    valid: [B, S] bool (real tokens)."""
+    valid: [B, S] bool (real tokens); router_probs: [M, B, S, E] or None."""
     keep = valid & (text_lang >= 0)
     lang = text_lang[keep]                                     # [N]
+    if router_probs is not None:
+      self.has_probs = True
+      probs = np.asarray(router_probs, np.float64)[:, keep, :]  # [M, N, E]
+      for j in range(self.m):
+        np.add.at(self.prob_sum[j], lang, probs[j])
     idx = expert_indices[:, keep, :]                           # [M, N, k]
     m, n, k = idx.shape
     layer = np.broadcast_to(np.arange(m)[:, None, None], idx.shape)
@@ -61,6 +74,8 @@ class RoutingCounts:
           "own_share": _round(frac[:, own]) if own >= 0 else None,
           "own_hit_rate": _round(self.hits[:, i] / self.tokens[i]) if own >= 0 else None,
       }
+      if self.has_probs:
+        per_lang[lang]["probs"] = _round(self.prob_sum[:, i] / self.tokens[i])
     out = {"layers": [int(x) for x in layer_ids], "experts": list(expert_names),
            "languages": per_lang}
     if per_lang:
@@ -99,7 +114,8 @@ def figures(result: dict, out_dir: str, *, step: int | None = None) -> dict[str,
   import matplotlib.pyplot as plt
 
   os.makedirs(out_dir, exist_ok=True)
-  layers, experts, langs = result["layers"], result["experts"], result["languages"]
+  layers, experts, langs = (result.get("layer_names") or result["layers"], result["experts"],
+                            result["languages"])
   suffix = f" (step {step})" if step is not None else ""
   files = {}
   if not langs:
@@ -152,6 +168,8 @@ def figures(result: dict, out_dir: str, *, step: int | None = None) -> dict[str,
                label="share of assignments")
   files["languages"] = save(fig, "routing_languages.png")
 
+  if result["average"].get("own_share") is None:
+    return files  # no language has an own expert (MoE-LPR, MoE-CT, learned routing)
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   cmap = plt.get_cmap("tab20")
   x = np.arange(len(layers))
@@ -173,18 +191,62 @@ def figures(result: dict, out_dir: str, *, step: int | None = None) -> dict[str,
 
 # --- The pass over held-out text.
 
+def scheme(config) -> str:
+  """How the run's method defines its experts: "lpr" (MoE-LPR: expert 0 is the original FFN),
+  "moe_ct" (appended MoE blocks), "assigned" (Apollo-MoE: experts of language families or
+  languages, language_routing hybrid/hard), or "learned" (no assignment)."""
+  freeze = str(config.train.get("freeze", ""))
+  if (config.upcycle.get("method") == "lpr" or float(config.moe.get("lpr_loss_weight", 0)) > 0
+      or "preset:lpr" in freeze):
+    return "lpr"
+  if int(config.moe.get("appended", 0)) > 0:
+    return "moe_ct"
+  if config.moe.language_routing != "none":
+    return "assigned"
+  return "learned"
+
+
 def expert_names(lm) -> list[str]:
-  """Expert id -> name: the run's language families (or languages), "expert i" beyond them."""
+  """Expert id -> name as the run's method defines them (see `scheme`)."""
   from medmoe_jax import config as cfg_lib
   e = lm.spec.moe.num_experts
+  how = scheme(lm.config)
+  if how == "lpr":
+    return ["expert 0 (original FFN)"] + [f"expert {i} (new)" for i in range(1, e)]
+  if how != "assigned":
+    return [f"expert {i}" for i in range(e)]
   names = list(cfg_lib.expert_assignment(lm.config).expert_names)[:e]
   return names + [f"expert {i}" for i in range(len(names), e)]
 
 
+def layer_names(lm) -> list[str]:
+  """The MoE layers' labels: their index, or "appended j" for MoE-CT's appended blocks."""
+  base = lm.spec.num_layers
+  return [str(i) if i < base else f"appended {i - base + 1}" for i in lm.spec.moe_layer_indices]
+
+
+def lpr_summary(result: dict, original: Sequence[str]) -> dict:
+  """MoE-LPR's measure: per MoE layer, expert 0's share of the assignments and its mean router
+  probability, averaged over the original and over the new languages (each language equally)."""
+  out = {}
+  for group, keep in (("original", lambda l: l in original), ("new", lambda l: l not in original)):
+    langs = [v for l, v in result["languages"].items() if keep(l)]
+    if not langs:
+      continue
+    out[group] = {
+        "languages": [l for l in result["languages"] if keep(l)],
+        "expert0_share": _round(np.mean([np.asarray(v["fractions"])[:, 0] for v in langs], 0)),
+        "expert0_prob": (_round(np.mean([np.asarray(v["probs"])[:, 0] for v in langs], 0))
+                         if all("probs" in v for v in langs) else None)}
+  return out
+
+
 def own_experts(lm, languages: Sequence[str]) -> list[int]:
-  """Each language's own expert under the run's assignment (-1: not one of the model's
-  languages, or its family has no expert)."""
+  """Each language's own expert under the run's assignment (-1: the method assigns none, not one
+  of the model's languages, or its family has no expert)."""
   from medmoe_jax import config as cfg_lib
+  if scheme(lm.config) != "assigned":
+    return [-1] * len(languages)
   table = cfg_lib.expert_assignment(lm.config).lang_to_expert
   out = []
   for lang in languages:
@@ -204,7 +266,8 @@ def analyze(lm, source, languages: Sequence[str], *, seq_len: int, max_batches: 
   dropped = []
 
   def on_routing(scores, batch):
-    counts.add(scores["expert_indices"], batch["lang_ids"], batch["segment_ids"] > 0)
+    counts.add(scores["expert_indices"], batch["lang_ids"], batch["segment_ids"] > 0,
+               scores.get("router_probs"))
     dropped.append(float(np.mean(scores["dropped_fraction"])))
 
   ppl = perplexity.evaluate(
@@ -213,4 +276,9 @@ def analyze(lm, source, languages: Sequence[str], *, seq_len: int, max_batches: 
       seq_len=seq_len, batch_size=lm.batch_size, max_batches=max_batches, on_routing=on_routing,
       progress=progress)
   result = counts.result([int(i) for i in lm.spec.moe_layer_indices], expert_names(lm))
+  result["scheme"] = scheme(lm.config)
+  result["layer_names"] = layer_names(lm)
+  if result["scheme"] == "lpr" and result["languages"]:
+    from medmoe_jax import config as cfg_lib
+    result["lpr"] = lpr_summary(result, cfg_lib._csv(lm.config.languages.original))  # pylint: disable=protected-access
   return ppl, result, (float(np.mean(dropped)) if dropped else None)

@@ -48,8 +48,8 @@ class Block(nnx.Module):
   def decode(self, x, positions, mask, lang_ids, valid, cache_k, cache_v, index, *,
              return_routing=False):
     """Inference through the KV cache (see `Transformer.decode`). Returns (x, cache_k, cache_v,
-    aux); with return_routing, an MoE block's aux holds `expert_indices` [B, S, k] and
-    `dropped_fraction`."""
+    aux); with return_routing, an MoE block's aux holds `expert_indices` [B, S, k],
+    `router_probs` [B, S, E] (the router's softmax) and `dropped_fraction`."""
     a, cache_k, cache_v = self.attn.decode(self.input_norm(x), positions, mask, cache_k, cache_v,
                                            index)
     h = x + a
@@ -58,7 +58,9 @@ class Block(nnx.Module):
     if self.kind == "moe":
       y, ffn_aux = self.ffn(z, lang_ids, valid, train=False)
       if return_routing:
-        aux["expert_indices"] = self.ffn.route_tokens(z, lang_ids).indices.reshape(*z.shape[:2], -1)
+        r = self.ffn.route_tokens(z, lang_ids)
+        aux["expert_indices"] = r.indices.reshape(*z.shape[:2], -1)
+        aux["router_probs"] = r.probs.reshape(*z.shape[:2], -1)
         aux["dropped_fraction"] = ffn_aux["dropped_fraction"]
     elif self.kind == "dense":
       y = self.ffn(z)
@@ -196,7 +198,8 @@ class Transformer(nnx.Module):
     every row) through the model with a KV cache. A prefill into a fresh cache equals the
     training forward (`__call__`, train=False); later calls with S=1 decode one token a step.
     Returns (logits [B, S or 1, V] float32, cache, aux); with return_routing, aux holds
-    "expert_indices" [num_moe_layers, B, S, k] and "dropped_fraction" [num_moe_layers]."""
+    "expert_indices" [num_moe_layers, B, S, k], "router_probs" [num_moe_layers, B, S, E] and
+    "dropped_fraction" [num_moe_layers]."""
     x = self.embed(tokens).astype(dtype_of(self.spec.dtype))
     cache_seg = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
                                              (0, index))

@@ -15,6 +15,14 @@ class LossWeights(NamedTuple):
   lpr: float = 0.0
 
 
+def loss_weights(c) -> LossWeights:
+  """The weights a config's losses get. moe.lb_loss_weight is in Hugging Face's units (summed
+  over the k choices); our lb_loss is per choice, hence the factor top_k."""
+  m = c.moe
+  return LossWeights(float(m.lb_loss_weight) * int(m.top_k), float(m.z_loss_weight),
+                     float(m.lpr_loss_weight))
+
+
 class TrainState(NamedTuple):
   step: jax.Array
   params: dict

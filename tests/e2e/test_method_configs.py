@@ -9,7 +9,8 @@ from conftest import load_config
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import upcycle
 
-ALL = ["post_moe", "hybrid_k12", "language_specific", "moe_lpr_stage1", "moe_lpr_stage2", "moe_ct"]
+ALL = ["post_moe", "hybrid_k12", "hybrid_k12_all", "language_specific", "moe_lpr_stage1",
+       "moe_lpr_stage2", "moe_ct"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -21,7 +22,7 @@ def test_config_trains_on_the_sample(name):
   assert seen and seen <= set(cfg_lib.language_list(run.config))
 
 
-@pytest.mark.parametrize("name", ["post_moe", "hybrid_k12", "language_specific"])
+@pytest.mark.parametrize("name", ["post_moe", "hybrid_k12", "hybrid_k12_all", "language_specific"])
 def test_apollo_configs_start_from_the_dense_ffn(name):
   run = method_runs.get(name)
   dense = method_runs.dense_params()
