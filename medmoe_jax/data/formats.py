@@ -218,6 +218,19 @@ def _items(path: str, fmt: str) -> Iterator[tuple[int | str, Any]]:
         yield from _iter_jsonl(path, iter(data.splitlines(True)))
 
 
+def _lower_keys(obj: dict, where: str = "") -> dict:
+  """Keys in any capitalisation ("Question", "TEXT", "Role") as the lower-case keys read here;
+  two keys that differ only in case are an error naming them."""
+  out: dict = {}
+  for k, v in obj.items():
+    key = k.lower() if isinstance(k, str) else k
+    if key in out:
+      raise FieldError(f"{where}{key}", "bad_field", f"fields {key!r} and {k!r} differ only in "
+                       "capitalisation; keep one")
+    out[key] = v
+  return out
+
+
 def _str_field(obj: dict, field: str, *, required: bool) -> str | None:
   if field not in obj:
     if required:
@@ -244,6 +257,7 @@ def _chat(turns, field: str) -> list[tuple[str, bool]]:
     if not isinstance(t, dict):
       raise FieldError(where, "bad_field", f"field '{where}' must be a string or an object with "
                        "'role' and 'content'")
+    t = _lower_keys(t, where + ".")
     role = t.get("role", t.get("from"))
     content = t.get("content", t.get("value"))
     if not isinstance(role, str) or not isinstance(content, str):
@@ -290,6 +304,7 @@ def to_record(item: Any, kind: str = "auto",
     return _supervised(_chat(item, "turns"), template)
   if not isinstance(item, dict):
     raise FieldError("", "not_a_record", f"expected a JSON object, got {type(item).__name__}")
+  item = _lower_keys(item)
   lang = _str_field(item, "lang", required=False)
   if lang is not None and not lang.strip():
     raise FieldError("lang", "bad_field", "field 'lang' must be a non-empty string (or absent)")

@@ -135,8 +135,16 @@ def parse_answer(text: str) -> str:
 
 
 def _read_records(path: str) -> list:
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  """The records of a JSON array or JSONL file as users have them: a UTF-8 byte-order mark,
+  Windows line ends and blank lines (a trailing one included) are accepted."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise MCQFormatError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); convert the file "
+                         "to UTF-8") from None
   if not text.strip():
     raise MCQFormatError(f"{path}: empty file: no multiple-choice items")
   stripped = text.lstrip()
@@ -147,7 +155,7 @@ def _read_records(path: str) -> list:
       raise MCQFormatError(f"{path}:{e.lineno}: malformed JSON array ({e.msg})") from None
   else:
     records = []
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
       if not line.strip():
         continue
       try:
@@ -159,6 +167,19 @@ def _read_records(path: str) -> list:
   if not records:
     raise MCQFormatError(f"{path}: empty file: no multiple-choice items")
   return records
+
+
+def _lower_keys(rec: dict, where: str) -> dict:
+  """Keys in any capitalisation ("Question", "OPTIONS", "Answer_idx") as the lower-case keys
+  the loaders read; two keys that differ only in case are an error."""
+  out: dict = {}
+  for k, v in rec.items():
+    key = k.lower() if isinstance(k, str) else k
+    if key in out:
+      raise MCQFormatError(f"{where}: keys {key!r} and {k!r} differ only in capitalisation; keep "
+                           "one")
+    out[key] = v
+  return out
 
 
 def _first(rec: dict, *keys):
@@ -174,6 +195,7 @@ def _item(rec, path: str, index: int, file_lang: str | None) -> MCQItem | str:
   where = f"{path}: item {index}"
   if not isinstance(rec, dict):
     raise MCQFormatError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+  rec = _lower_keys(rec, where)
   opts, answer = _first(rec, "options", "option"), _first(rec, "answer", "anwer")
   question = rec.get("question")
   if isinstance(opts, dict) and "answer_idx" in rec:  # MMedBench

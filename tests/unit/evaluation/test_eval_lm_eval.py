@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness adapter (optional extra: skipped when lm_eval is not installed)."""
+"""The lm-evaluation-harness adapter (lm_eval is in the test extra: this runs in CI)."""
 import json
 
 import jax
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-lm_eval = pytest.importorskip("lm_eval")
+import lm_eval  # noqa: F401  (the test extra installs it; a missing one fails, not skips)
 
 from conftest import load_config  # noqa: E402
 from medmoe_jax import config as cfg_lib  # noqa: E402
@@ -14,6 +14,9 @@ from medmoe_jax import sharding  # noqa: E402
 from medmoe_jax.evaluation.lm import LanguageModel  # noqa: E402
 from medmoe_jax.evaluation.lm_eval_adapter import MedMoELM  # noqa: E402
 from medmoe_jax.model import Transformer  # noqa: E402
+
+
+pytestmark = pytest.mark.e2e  # compiles a model and runs the harness' three request types
 
 
 @pytest.fixture(scope="module")
