@@ -1,6 +1,7 @@
 """MoE-LPR stage 1 (post-pretraining): every layer's FFN becomes an MoE whose expert 0 is the
-original FFN (frozen); the new experts (copies of it) and the routers train, with 0.01 x Switch
-load balancing, on new-language text only. Top-2 of 4 experts, renormalised.
+original FFN (frozen); the new experts (copies of it) and the routers train, with load balancing
+0.01 in Hugging Face's units (the official script's), on new-language text only. Top-2 of 4
+experts, renormalised.
 
   python -m medmoe_jax.train --config=configs/dense.py                # the base model (or import one)
   python -m medmoe_jax.train --config=configs/moe_lpr_stage1.py       # upcycles workdir/dense
@@ -25,9 +26,11 @@ def get_config(arg=None):
   c.moe.top_k = 2
   c.moe.norm_topk = True
   c.moe.language_routing = "none"
-  # 0.01 as the official stage-1 script (--aux_loss_coef 0.01), in Hugging Face's units: the
-  # trainer applies 0.01 x top_k x our per-choice lb_loss (config.py, moe.lb_loss_weight).
+  # 0.01 as the official stage-1 script (--aux_loss_coef 0.01), in Hugging Face's units (its
+  # load_balancing_loss_func, summed over the k choices): the trainer applies 0.01 x top_k to
+  # our per-choice lb_loss, i.e. 0.02 at top-2.
   c.moe.lb_loss_weight = 0.01
+  c.moe.lb_loss_units = "hf"
   # As the official code and scripts: xavier-normal routers (peft moe layer), no weight decay
   # and no warm-up (HF TrainingArguments defaults), cosine decay to 0.
   c.moe.router_init = "xavier_normal"

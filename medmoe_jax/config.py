@@ -67,11 +67,12 @@ def base_config() -> ml_collections.ConfigDict:
       # Capacity backend only. Hybrid-k sends a whole single-language row to one family expert,
       # so a per-row capacity below E/k drops tokens; 4.0 drops none at 7 experts top-2.
       capacity_factor_train=4.0, capacity_factor_eval=4.0, jitter=0.0,
-      # lb_loss_weight is in Hugging Face's units (its load_balancing_loss_func, which MoE-LPR's
-      # and Mixtral's code use: the Switch loss summed over the k choices, k when balanced); the
-      # logged lb_loss is per choice (1 when balanced), so the trainer adds
-      # lb_loss_weight * top_k * lb_loss (training/step.py loss_weights).
       lb_loss_weight=0.0, z_loss_weight=0.0, lpr_loss_weight=0.0,
+      # The units of lb_loss_weight: "choice" = on our lb_loss, the Switch loss per choice (1
+      # when balanced, as logged); "hf" = on Hugging Face's load_balancing_loss_func (MoE-LPR's,
+      # Mixtral's, Qwen2-MoE's: summed over the k choices, k when balanced), so a weight from a
+      # paper's HF script means the same here (the trainer then weights lb_loss by w * top_k).
+      lb_loss_units="choice",
       # A shared expert in every MoE layer (Qwen2-MoE's): its SwiGLU width (0 = none) and a
       # per-token sigmoid gate, Linear(d_model -> 1), on its output. Upcycling starts it fresh.
       shared_expert_d_ff=0, shared_expert_gate=False,
@@ -276,6 +277,8 @@ def validate(c, num_devices: int | None = None) -> None:
   if has_moe:
     if moe.num_experts < 1:
       raise _err("moe.num_experts", f"must be >= 1, got {moe.num_experts}")
+    if moe.get("lb_loss_units", "choice") not in ("choice", "hf"):
+      raise _err("moe.lb_loss_units", f"{moe.lb_loss_units!r}; use 'choice' or 'hf'")
     if moe.get("router_init", "normal") not in ("normal", "xavier_normal"):
       raise _err("moe.router_init", f"{moe.router_init!r}; use 'normal' or 'xavier_normal'")
     if not 1 <= moe.top_k <= moe.num_experts:
@@ -473,6 +476,18 @@ def rope_scaling_spec(m) -> tuple:
   if kind == "default":
     return ()
   return tuple(sorted([("rope_type", kind)] + [(k, float(rs[k])) for k in ROPE_SCALING_KEYS[kind]]))
+
+
+def lb_weight_per_choice(c) -> float:
+  """moe.lb_loss_weight on our per-choice lb_loss (x top_k when given in HF's units)."""
+  w = float(c.moe.lb_loss_weight)
+  return w * int(c.moe.top_k) if c.moe.get("lb_loss_units", "choice") == "hf" else w
+
+
+def lb_weight_hf_units(c) -> float:
+  """moe.lb_loss_weight as Hugging Face's router_aux_loss_coef (on its k-summed loss)."""
+  w = float(c.moe.lb_loss_weight)
+  return w if c.moe.get("lb_loss_units", "choice") == "hf" else w / max(int(c.moe.top_k), 1)
 
 
 def router_init_std(c) -> float:

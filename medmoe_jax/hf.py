@@ -677,7 +677,8 @@ def export_hf(checkpoint: str, out: str, *, dtype: str | None = None,
   np_dtype = np.dtype(dtype)
   tensors = ((k, v.astype(np_dtype)) for k, v in params_to_hf(params, spec))
   names = write_safetensors(tensors, out, int(max_shard_gb * 2**30))
-  cfg = hf_config(spec, dtype=dtype, lb_loss_weight=float(c.moe.lb_loss_weight),
+  from medmoe_jax import config as cfg_lib  # pylint: disable=g-import-not-at-top
+  cfg = hf_config(spec, dtype=dtype, lb_loss_weight=cfg_lib.lb_weight_hf_units(c),
                   max_positions=max(int(c.model.get("max_position_embeddings", 32768)),
                                     int(c.data.seq_len)))
   cfg.update(_write_tokenizer(c, out, spec.vocab_size))

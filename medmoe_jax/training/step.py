@@ -16,10 +16,11 @@ class LossWeights(NamedTuple):
 
 
 def loss_weights(c) -> LossWeights:
-  """The weights a config's losses get. moe.lb_loss_weight is in Hugging Face's units (summed
-  over the k choices); our lb_loss is per choice, hence the factor top_k."""
+  """The weights a config's losses get: moe.lb_loss_weight converted to our per-choice lb_loss
+  when the config gives it in Hugging Face's units (moe.lb_loss_units="hf")."""
+  from medmoe_jax import config as cfg_lib  # pylint: disable=g-import-not-at-top
   m = c.moe
-  return LossWeights(float(m.lb_loss_weight) * int(m.top_k), float(m.z_loss_weight),
+  return LossWeights(cfg_lib.lb_weight_per_choice(c), float(m.z_loss_weight),
                      float(m.lpr_loss_weight))
 
 

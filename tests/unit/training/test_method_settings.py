@@ -36,9 +36,14 @@ def test_lb_weight_is_in_hf_units(k):
   assert hf == pytest.approx(k * ours, rel=1e-5)
   c = load_config("moe_lpr_stage1")
   c.moe.top_k = k
+  assert c.moe.lb_loss_units == "hf"
   w = step_lib.loss_weights(c)
   # The weight the trainer puts on our lb_loss: the config's (HF) weight times the HF loss.
   assert w.lb * ours == pytest.approx(c.moe.lb_loss_weight * hf, rel=1e-5)
+  assert cfg_lib.lb_weight_hf_units(c) == c.moe.lb_loss_weight  # what an HF export writes
+  c.moe.lb_loss_units = "choice"  # the default: the weight is on our per-choice loss
+  assert step_lib.loss_weights(c).lb == c.moe.lb_loss_weight
+  assert cfg_lib.lb_weight_hf_units(c) == pytest.approx(c.moe.lb_loss_weight / k)
 
 
 def test_moe_lpr_optimizer_and_router_settings():

@@ -16,9 +16,6 @@ from medmoe_jax.evaluation.lm_eval_adapter import MedMoELM  # noqa: E402
 from medmoe_jax.model import Transformer  # noqa: E402
 
 
-pytestmark = pytest.mark.e2e  # compiles a model and runs the harness' three request types
-
-
 @pytest.fixture(scope="module")
 def adapter():
   c = load_config("post_moe")
