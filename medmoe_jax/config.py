@@ -58,7 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_experts=7, top_k=2,
       d_ff=0,                   # 0: same as model.d_ff (upcycled experts are full-size copies)
       norm_topk=False,          # Apollo-MoE: no renormalisation of the top-k weights
-      language_routing="hybrid",  # "hybrid" (Apollo hybrid-k) | "hard" | "none"
+      # "hybrid" (Apollo hybrid-k) | "hard" (own expert, weight 1, also at inference: needs
+      # the language tag) | "specific" (Apollo-MoE's language-specific code: own expert with
+      # weight 1 in training, the router's top-k with softmax weights at inference) | "none"
+      language_routing="hybrid",
       # Router weights [D, E]: "normal" (std router_init_std) or "xavier_normal" (std
       # sqrt(2 / (D + E)), torch's xavier_normal_, as MoE-LPR's code initialises its routers).
       router_init="normal", router_init_std=0.02,
@@ -134,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
   source = ml_collections.FieldReference("", field_type=str)
   c.upcycle = ml_collections.ConfigDict({
       "method": "none",         # "none" (load params as they are) | "apollo" | "lpr" | "ct"
+      # A shared expert (moe.shared_expert_d_ff) at upcycling: "fresh" (new init) or "dense" (a
+      # copy of the layer's dense FFN, as ApolloMoE's conversion script; its gate stays fresh).
+      "shared_expert": "fresh",
       "from": source,           # workdir, checkpoints dir or step dir; "" = random init
       "from_": source,
   })
@@ -418,6 +424,16 @@ def _validate_methods(c, moe_layers, appended: int) -> None:
   if method == "lpr" and c.moe.num_experts < 2:
     raise _err("moe.num_experts", "MoE-LPR keeps the original FFN as expert 0 and trains new "
                "experts beside it; set config.moe.num_experts>=2")
+  shared_init = up.get("shared_expert", "fresh") if up is not None else "fresh"
+  if shared_init not in ("fresh", "dense"):
+    raise _err("upcycle.shared_expert", f"{shared_init!r}; use 'fresh' or 'dense'")
+  if shared_init == "dense":
+    if method != "apollo":
+      raise _err("upcycle.shared_expert", f"'dense' copies the dense FFN at Apollo upcycling; "
+                 f"upcycle.method is {method!r}")
+    if int(c.moe.get("shared_expert_d_ff", 0)) != int(c.model.d_ff):
+      raise _err("upcycle.shared_expert", f"'dense' copies the dense FFN: set "
+                 f"config.moe.shared_expert_d_ff={c.model.d_ff} (model.d_ff)")
   for item in freeze_items(c):
     if item.startswith("preset:"):
       name = item.split(":", 1)[1]

@@ -76,6 +76,21 @@ def _layers(stack: dict, start: int, count: int) -> dict:
   return jax.tree.map(lambda x: x[start:start + count], stack)
 
 
+def _shared_from_ffn(ffn: dict, fresh_ffn: dict) -> dict:
+  """The shared expert as a copy of the dense FFN (ApolloMoE's conversion); its gate stays fresh."""
+  target = fresh_ffn.get("shared_expert")
+  if target is None:
+    raise InputError("upcycle: config.upcycle.shared_expert='dense' but the model has no shared "
+                     "expert; set config.moe.shared_expert_d_ff")
+  for name in DENSE_FFN:
+    got, want = ffn[name]["kernel"].shape, target[name]["kernel"].shape
+    if got != want:
+      raise InputError(f"upcycle: dense FFN {name} {tuple(got[1:])} does not match the shared "
+                       f"expert's {tuple(want[1:])}; a copied shared expert is full-size: set "
+                       "config.moe.shared_expert_d_ff = model.d_ff")
+  return jax.tree.map(lambda d, f: d.astype(f.dtype), {k: ffn[k] for k in DENSE_FFN}, target)
+
+
 def _experts_from_ffn(ffn: dict, fresh_ffn: dict) -> dict:
   """Dense FFN [n, D, F] -> stacked experts [n, E, D, F], each a copy; router from fresh."""
   e = fresh_ffn["wi_gate"].shape[1]
@@ -91,7 +106,8 @@ def _experts_from_ffn(ffn: dict, fresh_ffn: dict) -> dict:
   return out
 
 
-def _sparse_upcycle(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
+def _sparse_upcycle(dense: dict, fresh: dict, spec: ModelSpec, shared_from_dense: bool = False
+                    ) -> dict:
   stack = _check(dense, fresh, spec)
   out = _copy_top(dense, fresh)
   out["segments"] = {}
@@ -105,6 +121,8 @@ def _sparse_upcycle(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
       blocks = {k: jax.tree.map(lambda d, f: d.astype(f.dtype), layer[k], fresh_blocks[k])
                 for k in SHARED}
       blocks["ffn"] = _experts_from_ffn(layer["ffn"], fresh_blocks["ffn"])
+      if shared_from_dense:
+        blocks["ffn"]["shared_expert"] = _shared_from_ffn(layer["ffn"], fresh_blocks["ffn"])
     else:
       raise InputError(f"upcycle: segment kind {kind!r} is not produced by sparse upcycling")
     out["segments"][i] = {**fresh["segments"][i], "blocks": blocks}
@@ -112,9 +130,11 @@ def _sparse_upcycle(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
   return out
 
 
-def upcycle_apollo(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
-  """Apollo-MoE: experts of every MoE layer = copies of that layer's dense FFN."""
-  return _sparse_upcycle(dense, fresh, spec)
+def upcycle_apollo(dense: dict, fresh: dict, spec: ModelSpec, shared_from_dense: bool = False
+                   ) -> dict:
+  """Apollo-MoE: experts of every MoE layer = copies of that layer's dense FFN (and so is the
+  shared expert with shared_from_dense, as ApolloMoE's conversion script makes it)."""
+  return _sparse_upcycle(dense, fresh, spec, shared_from_dense)
 
 
 def upcycle_lpr(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
@@ -150,10 +170,17 @@ def upcycle_ct(dense: dict, fresh: dict, spec: ModelSpec) -> dict:
 UPCYCLERS = {"apollo": upcycle_apollo, "lpr": upcycle_lpr, "ct": upcycle_ct}
 
 
-def upcycle(method: str, dense: dict, fresh: dict, spec: ModelSpec) -> dict:
-  """Pure params of the dense base model + the target's fresh init -> the target's params."""
+def upcycle(method: str, dense: dict, fresh: dict, spec: ModelSpec,
+            shared_from_dense: bool = False) -> dict:
+  """Pure params of the dense base model + the target's fresh init -> the target's params.
+  shared_from_dense: the shared expert is a copy of the dense FFN (method "apollo" only)."""
   if method not in UPCYCLERS:
     raise InputError(f"config.upcycle.method={method!r}; choose one of {', '.join(UPCYCLERS)}")
+  if shared_from_dense:
+    if method != "apollo":
+      raise InputError(f"config.upcycle.shared_expert='dense' applies to method 'apollo', not "
+                       f"{method!r}")
+    return upcycle_apollo(dense, fresh, spec, shared_from_dense=True)
   return UPCYCLERS[method](dense, fresh, spec)
 
 
@@ -305,8 +332,9 @@ def initial_params(config, spec: ModelSpec, fresh, mesh, param_shardings):
   if method == "none":
     params = loaded
   else:
-    fn = jax.jit(functools.partial(upcycle, method, spec=spec), out_shardings=param_shardings,
-                 donate_argnums=(1,))
+    shared_from_dense = config.upcycle.get("shared_expert", "fresh") == "dense"
+    fn = jax.jit(functools.partial(upcycle, method, spec=spec, shared_from_dense=shared_from_dense),
+                 out_shardings=param_shardings, donate_argnums=(1,))
     params = fn(loaded, fresh)
   if jax.process_index() == 0:
     how = "loaded" if method == "none" else f"upcycled ({method})"

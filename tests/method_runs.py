@@ -33,7 +33,7 @@ from medmoe_jax.training.step import TrainState
 
 STEPS = 3  # step 1 runs at lr 0 (warmup starts at 0); MoE-CT's gate opens at step 2
 SOURCES = {"post_moe": "dense", "hybrid_k12": "dense", "hybrid_k12_all": "dense",
-           "language_specific": "dense",
+           "language_specific": "dense", "language_specific_official": "dense",
            "moe_lpr_stage1": "dense", "moe_lpr_stage2": "moe_lpr_stage1", "moe_ct": "dense"}
 
 _root = None

@@ -50,22 +50,27 @@ def hard_language_routing(probs, forced):
 
 def route(logits, *, top_k: int, norm_topk: bool, mode: str, forced=None,
           train: bool = False) -> Routing:
-  """logits: [T, E] -> Routing. `mode` in {"none", "hybrid", "hard"}; `forced`: [T] int32 own
-  expert per token (-1 = none). Hybrid forcing applies only when train=True (at inference the
-  router is plain top-k and needs no language tag). Hard routing applies in train and eval,
-  because the model has no learned alternative."""
+  """logits: [T, E] -> Routing. `mode` in {"none", "hybrid", "hard", "specific"}; `forced`: [T]
+  int32 own expert per token (-1 = none). Hybrid forcing applies only when train=True (at
+  inference the router is plain top-k and needs no language tag). Hard routing applies in train
+  and eval, because the model has no learned alternative. "specific" is Apollo-MoE's
+  language-specific variant as its code builds it: in training the own expert with weight 1
+  (like hard), at inference the router's plain top-k with its softmax weights, no language tag."""
   logits = logits.astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
-  if mode == "hard":
+  if mode == "specific" and not train:
+    mode = "none"
+  if mode in ("hard", "specific"):
     if forced is None:
-      raise ValueError("hard language routing needs the tokens' language experts")
+      raise ValueError(f"{mode} language routing needs the tokens' language experts in training")
     idx, w = hard_language_routing(probs, forced)
     return Routing(idx, w, probs)
   indices, weights = top_k_routing(probs, top_k, norm_topk)
   if mode == "hybrid" and train and forced is not None:
     indices, weights = force_expert(indices, probs, forced, norm_topk)
   elif mode not in ("none", "hybrid"):
-    raise ValueError(f"unknown language routing mode {mode!r}; use 'none', 'hybrid' or 'hard'")
+    raise ValueError(f"unknown language routing mode {mode!r}; use 'none', 'hybrid', 'hard' or "
+                     "'specific'")
   return Routing(indices, weights, probs)
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 SegmentKind = Literal["dense", "moe", "appended"]
 
 # The allowed values of the MoE settings; config validation and the model read these lists.
-LANGUAGE_ROUTING = ("hybrid", "hard", "none")
+LANGUAGE_ROUTING = ("hybrid", "hard", "specific", "none")
 BACKENDS = ("auto", "dropless", "capacity", "dense")  # "auto" = "dropless"
 GROUPED_MATMUL_KERNELS = ("chunked", "ragged_dot", "megablox")
 GROUPED_MATMULS = ("auto", *GROUPED_MATMUL_KERNELS)  # "auto": the platform's (gmm.default_impl)
@@ -28,7 +28,7 @@ class MoESpec:
   norm_topk: bool = False
   # "hybrid": force the token's own expert into the top-k during training (Apollo-MoE hybrid-k);
   # "hard": top-1 to the language expert with weight 1; "none": plain learned routing.
-  language_routing: Literal["hybrid", "hard", "none"] = "hybrid"
+  language_routing: Literal["hybrid", "hard", "specific", "none"] = "hybrid"
   # lang_id -> expert id (index = lang_id in config.languages.use); empty when unused.
   lang_to_expert: tuple[int, ...] = ()
   # lang_id -> 1 if the language is "original" (MoE-LPR: routed to the frozen expert 0).

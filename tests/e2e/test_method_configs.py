@@ -9,8 +9,8 @@ from conftest import load_config
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import upcycle
 
-ALL = ["post_moe", "hybrid_k12", "hybrid_k12_all", "language_specific", "moe_lpr_stage1",
-       "moe_lpr_stage2", "moe_ct"]
+ALL = ["post_moe", "hybrid_k12", "hybrid_k12_all", "language_specific",
+       "language_specific_official", "moe_lpr_stage1", "moe_lpr_stage2", "moe_ct"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -22,7 +22,8 @@ def test_config_trains_on_the_sample(name):
   assert seen and seen <= set(cfg_lib.language_list(run.config))
 
 
-@pytest.mark.parametrize("name", ["post_moe", "hybrid_k12", "hybrid_k12_all", "language_specific"])
+@pytest.mark.parametrize("name", ["post_moe", "hybrid_k12", "hybrid_k12_all", "language_specific",
+                                  "language_specific_official"])
 def test_apollo_configs_start_from_the_dense_ffn(name):
   run = method_runs.get(name)
   dense = method_runs.dense_params()
@@ -94,3 +95,15 @@ def test_replay_share_rescales_the_mixture():
   assert abs(r["en"] / r["zh"] - 2.0) < 1e-12 and abs(r["ha"] / r["sw"] - 3.0) < 1e-12
   with pytest.raises(ValueError, match="replay share"):
     replay_weights(list(w), list(w.values()), ["en", "zh", "sw", "ha"], 0.1)
+
+
+def test_language_specific_official_starts_with_the_dense_ffn_as_shared_expert():
+  run = method_runs.get("language_specific_official")
+  dense = method_runs.dense_params()["segments"][0]["blocks"]["ffn"]
+  ffn = run.initial["segments"][0]["blocks"]["ffn"]  # every layer is MoE
+  for name in ("gate_proj", "up_proj", "down_proj"):
+    np.testing.assert_array_equal(ffn["shared_expert"][name]["kernel"], dense[name]["kernel"])
+  assert run.config.moe.language_routing == "specific" and run.config.moe.top_k == 1
+  # The shared expert and its gate train.
+  final = run.final["segments"][0]["blocks"]["ffn"]
+  assert not np.array_equal(final["shared_expert_gate"]["kernel"], ffn["shared_expert_gate"]["kernel"])
