@@ -4,7 +4,7 @@ hybrid-k routing, top-2 without renormalisation. The paper's "Spread Out in the 
 in the network routing becomes language-specific) is drawn from this model: run the eval job's
 routing task on it.
 
-  python -m medmoe_jax.train --config=configs/hybrid_k12_all.py [--config.upcycle.from=DENSE]
+  python -m medmoe_jax.train --config=configs/hybrid_k12_all.py [--config.upcycle.from_=DENSE]
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_paper_training, apply_size, base_config
