@@ -5,6 +5,7 @@ scheduler sees) lives here, so it is written down once and the README can point 
 
   fault                                  behaviour                                      exit code
   SIGTERM / SIGINT (preemption, Ctrl-C)  checkpoint at the current step, then stop        75
+  another process of the job died        one line; rerun every process                    75
   non-finite loss or grad norm           "stop": stop, name the step, keep the last       3
                                          good checkpoint; "skip": drop the update
                                          inside the jitted step, count it, go on
@@ -228,6 +229,19 @@ def locate_decode_error(files, error: UnicodeDecodeError) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 
+# What a collective or the coordination service reports when another process of a multi-process
+# job died or stalled (killed, preempted without notice, its host lost).
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "DEADLINE_EXCEEDED",
+              "UNAVAILABLE", "heartbeat", "Gloo")
+
+
+def _peer_lost(e: BaseException) -> bool:
+  jax = sys.modules.get("jax")
+  if jax is None or type(e).__name__ != "JaxRuntimeError" or jax.process_count() < 2:
+    return False
+  return any(p in str(e) for p in _PEER_LOST)
+
+
 def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split("\n")).strip() or type(e).__name__
 
@@ -289,7 +303,11 @@ def exit_codes(main):
       if isinstance(e.code, str):  # a CLI's own one-line message
         fail(EXIT_INPUT, " ".join(e.code.split("\n")))
       raise
-    except Exception:  # noqa: BLE001  (a bug: keep the traceback, say so)
+    except Exception as e:  # noqa: BLE001  (a bug: keep the traceback, say so)
+      if _peer_lost(e):
+        fail(EXIT_PREEMPTED, f"error: lost contact with another process of this job "
+                             f"({_one_line(e)[:300]}); rerun every process: they resume from "
+                             "the last complete checkpoint")
       bug()
 
   return wrapped

@@ -92,10 +92,8 @@ def _history(workdir):
 
 
 def test_sigterm_and_sigkill_of_one_process_then_rerun_equals_an_uninterrupted_run(tmp_path):
-  from medmoe_jax.data import sources
-  c = _config(tmp_path / "data")
+  c = _config(tmp_path / "data")  # the reference's process 0 builds the data, once
   c.train.update(dict(steps=STEPS, checkpoint_every=2, async_checkpoint=True))
-  sources.build_text_source(sources.sample_files(), str(tmp_path / "data"), "medmoe_text")
   run, ref = tmp_path / "run", tmp_path / "ref"
   ckpts = run / "checkpoints"
 
@@ -124,8 +122,11 @@ def test_sigterm_and_sigkill_of_one_process_then_rerun_equals_an_uninterrupted_r
   b.wait_until(lambda: f"checkpoint step {nxt} is fully written" in b.text(0), f"the save of {nxt}")
   b.procs[1].send_signal(signal.SIGKILL)
   b.procs[1].wait(HANG_GUARD_S)
+  time.sleep(2)  # process 0 may notice first (its next collective fails): one line, exit 75
   b.procs[0].send_signal(signal.SIGKILL)
-  assert b.finish() == [-signal.SIGKILL, -signal.SIGKILL]
+  codes = b.finish()
+  assert codes[1] == -signal.SIGKILL and codes[0] in (-signal.SIGKILL, EXIT_PREEMPTED), codes
+  assert "internal error" not in b.text(0), b.text(0)[-3000:]
   for i in range(2):
     assert f"resuming from checkpoint step {stopped}" in b.text(i)
   assert _steps(ckpts)[-1] == stopped
