@@ -43,3 +43,29 @@ def assert_tree_close(got, want, rel, what=""):
     err = float(np.max(np.abs(g - w))) if w.size else 0.0
     assert err <= rel * scale + 1e-30, (
         f"{what}{jax.tree_util.keystr(path)}: max |diff| {err:.3g} > {rel} x max |want| {scale:.3g}")
+
+
+def decode_in_steps(model, tokens, segment_ids, positions, lang_ids, prefix: int):
+  """Logits [B, S, V] from Transformer.decode: a prefill of the first `prefix` tokens into a fresh
+  cache, then one token a step (the generation path). Call inside jit."""
+  import jax.numpy as jnp
+  b, s = tokens.shape
+  cut = lambda a, i, n: jax.lax.dynamic_slice_in_dim(a, i, n, axis=1)
+  arrays = (tokens, segment_ids, positions, lang_ids)
+  logits, cache, _ = model.decode(*(cut(a, 0, prefix) for a in arrays), model.init_cache(b, s), 0)
+  out = [logits]
+  for t in range(prefix, s):
+    logits, cache, _ = model.decode(*(cut(a, t, 1) for a in arrays), cache, t)
+    out.append(logits)
+  return jnp.concatenate(out, axis=1)
+
+
+def post_moe_run_config(steps=30):
+  """The tiny Post-MoE training run on the embedded sample that the end-to-end tests share."""
+  from conftest import load_config
+  c = load_config("post_moe")
+  c.model.update(dict(d_model=64, num_heads=4, num_kv_heads=2, d_ff=128))
+  c.data.update(dict(seq_len=64, batch_size=4))
+  c.train.update(dict(steps=steps, log_every=5, checkpoint_every=15, lr=3e-3))
+  c.mesh.update(dict(data=-1))
+  return c

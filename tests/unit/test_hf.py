@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from conftest import load_config
+from helpers import decode_in_steps
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import hf
 from medmoe_jax.checkpoint import Checkpointer
@@ -271,6 +272,45 @@ def test_architecture_imports_exports_and_round_trips(arch_dirs, name):
   _, spec2, p2 = _imported(root / "again")
   assert spec2 == spec
   jax.tree.map(np.testing.assert_array_equal, p2, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decoded(spec, params, tokens):
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(spec, rngs=nnx.Rngs(0))))
+  b, s = tokens.shape
+  positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+  return decode_in_steps(nnx.merge(graphdef, params), tokens, jnp.ones((b, s), jnp.int32),
+                         positions, -jnp.ones((b, s), jnp.int32), prefix=5)
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen2_moe"])
+def test_kv_cache_decoding_gives_transformers_logits(arch_dirs, name):
+  """Evaluation's path (a prefill, then one token a step through the KV cache) on an imported
+  model gives HF's logits: Llama 3's scaled RoPE at every decoded position, Qwen2-MoE's experts
+  and gated shared expert on one-token steps."""
+  root, _, model = arch_dirs[name]
+  _, spec, params = _imported(root / "ours")
+  ours = np.asarray(_decoded(spec, jax.tree.map(jnp.asarray, params), jnp.asarray(TOKENS)))
+  assert np.abs(ours - _hf_logits(model)).max() <= TOL, name
+
+
+def test_qwen2_moe_fused_expert_tensors_import(arch_dirs, tmp_path):
+  """Qwen2-MoE as transformers holds it in memory (experts.gate_up_proj [E, 2F, D] fused,
+  experts.down_proj [E, D, F]), written as a state dict, imports to the parameters of the
+  per-expert checkpoint and gives HF's logits."""
+  from safetensors.torch import save_file
+  root, _, model = arch_dirs["qwen2_moe"]
+  d = tmp_path / "fused"
+  d.mkdir()
+  (d / "config.json").write_text((root / "hf" / "config.json").read_text())
+  state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+  assert "model.layers.1.mlp.experts.gate_up_proj" in state
+  assert not any(".experts.0." in k for k in state)
+  save_file(state, str(d / "model.safetensors"))
+  hf.import_hf(str(d), str(tmp_path / "ours"))
+  _, spec, params = _imported(tmp_path / "ours")
+  jax.tree.map(np.testing.assert_array_equal, params, _imported(root / "ours")[2])
+  assert np.abs(_ours(spec, params) - _hf_logits(model)).max() <= TOL
 
 
 def test_architecture_details_are_imported(arch_dirs):

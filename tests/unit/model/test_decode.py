@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from conftest import load_config
+from helpers import decode_in_steps
 from medmoe_jax import config as cfg_lib
 from medmoe_jax.model import Transformer
 from method_runs import random_params
@@ -41,15 +42,7 @@ def _all_paths(graphdef, params, tokens, seg, pos, lang):
   model = nnx.merge(graphdef, params)
   full, _ = model(tokens, seg, pos, lang, train=False)
   prefill, _, _ = model.decode(tokens, seg, pos, lang, model.init_cache(2, S), 0)
-  cut = lambda a, i, n: jax.lax.dynamic_slice_in_dim(a, i, n, axis=1)
-  first, cache, _ = model.decode(cut(tokens, 0, PREFIX), cut(seg, 0, PREFIX), cut(pos, 0, PREFIX),
-                                 cut(lang, 0, PREFIX), model.init_cache(2, S), 0)
-  steps = [first]
-  for t in range(PREFIX, S):
-    logits, cache, _ = model.decode(cut(tokens, t, 1), cut(seg, t, 1), cut(pos, t, 1),
-                                    cut(lang, t, 1), cache, t)
-    steps.append(logits)
-  return full, prefill, jnp.concatenate(steps, axis=1)
+  return full, prefill, decode_in_steps(model, tokens, seg, pos, lang, PREFIX)
 
 
 @pytest.mark.parametrize("name", ["dense", "post_moe", "hard", "moe_ct"])
