@@ -18,10 +18,9 @@ from method_runs import random_params
 
 BATCH = {k: jnp.asarray(v) for k, v in packed_batch(batch=4, seq=32, vocab=256).items()}
 WEIGHTS = step_lib.LossWeights(lb=0.01, z=0.001)
-# bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 2e-3 per operation); through 3 layers
-# the loss stays within 1% and each gradient tensor within 10% of its largest entry. A float32
-# path that silently runs in bf16 is the other way round: tested by the remat tests (1e-5).
-BF16_LOSS_RTOL, BF16_GRAD_REL = 1e-2, 1e-1
+# bf16 keeps 8 bits of mantissa (relative rounding 2^-9 ~ 2e-3 per operation). Measured here:
+# the loss within 7e-5 of float32's, the worst gradient tensor within 4.8% of its largest entry.
+BF16_LOSS_RTOL, BF16_GRAD_REL = 2e-3, 1e-1
 
 
 def _spec(**model):
