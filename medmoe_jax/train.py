@@ -285,7 +285,9 @@ class Trainer:
             record = acc.summary()
             dt = time.perf_counter() - t_last
             record["tokens_per_sec"] = tokens_since / max(dt, 1e-9)
-            record["lr"] = float(self._lr(step))
+            # The update that made `step` ran at the schedule's value for step - 1 (optax counts
+            # updates from 0): the first step's learning rate is warm-up's 0.
+            record["lr"] = float(self._lr(step - 1))
             writer.write(step, record)
             bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
                             tok_s=f"{record['tokens_per_sec']:.0f}")

@@ -63,3 +63,22 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if e2e in pathlib.Path(str(item.path)).parents:
       item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def post_moe_run(tmp_path_factory):
+  """(root, final params): helpers.post_moe_run_config's 30 steps on one device, checkpoints at
+  15 and 30 in root/run, its data in root/data. Trained once for every test that reads a finished
+  run (training outputs, resume, evaluation)."""
+  import jax
+
+  from helpers import post_moe_run_config
+  from medmoe_jax import sharding
+  from medmoe_jax.train import Trainer
+  root = tmp_path_factory.mktemp("post_moe_run")
+  c = post_moe_run_config()
+  c.data.data_dir = str(root / "data")
+  t = Trainer(c, str(root / "run"), mesh=sharding.make_mesh(c, jax.devices()[:1])).setup()
+  state = t.run(progress=False)
+  t.close()
+  return root, jax.device_get(state.params)

@@ -4,8 +4,11 @@ import logging
 
 import jax
 import numpy as np
+import optax
 
 from conftest import load_config
+from helpers import packed_batch
+from medmoe_jax import sharding
 from medmoe_jax.checkpoint import Checkpointer
 from medmoe_jax.train import Trainer
 
@@ -25,6 +28,14 @@ def _leaves(tree):
 def test_data8_checkpoint_restores_onto_data2_expert4(tmp_path):
   src = _trainer(dict(data=8, fsdp=1, expert=1, tensor=1))
   state = src._init_state()
+  for i in range(2):  # real steps (the second at lr > 0): Adam's moments hold gradients, not 0
+    state, _ = src.train_step(state, sharding.global_batch(packed_batch(seed=i), src.mesh),
+                              jax.random.key(0))
+  adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(
+      x, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)][0]
+  assert int(adam.count) == 2
+  for moment in jax.tree.leaves((adam.mu, adam.nu)):
+    assert float(jax.numpy.max(jax.numpy.abs(moment))) > 0
   ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
   ckpt.save(7, state, {"next": 3})
   ckpt.close()
@@ -34,7 +45,7 @@ def test_data8_checkpoint_restores_onto_data2_expert4(tmp_path):
   restored, data_state, step = ckpt.restore(dst.abstract_state)
   ckpt.close()
   assert (step, data_state) == (7, {"next": 3})
-  assert int(restored.step) == int(state.step)
+  assert int(restored.step) == int(state.step) == 2
 
   want = jax.device_get(state)
   got = jax.device_get(restored)

@@ -13,7 +13,6 @@ from medmoe_jax.eval import Evaluator
 from medmoe_jax.evaluation import perplexity
 from medmoe_jax.evaluation import routing as routing_lib
 from medmoe_jax.evaluation.lm import LanguageModel
-from medmoe_jax.train import Trainer
 
 # Three major and two minor languages (sw, he have MCQ items), chosen so that the prompts and
 # requests fall into few padded shapes: few programs compile.
@@ -25,20 +24,9 @@ def _one_device(c):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A run with checkpoints at steps 15 and 30. The config is test_train.py's, so the compiled
-  train step is shared through the persistent compilation cache."""
-  root = tmp_path_factory.mktemp("eval_e2e")
-  c = load_config("post_moe")
-  c.model.update(dict(d_model=64, num_heads=4, num_kv_heads=2, d_ff=128))
-  c.data.update(dict(seq_len=64, batch_size=4))
-  c.train.update(dict(steps=30, log_every=5, checkpoint_every=15, lr=3e-3))
-  c.mesh.update(dict(data=-1))
-  c.data.data_dir = str(root / "data")
-  t = Trainer(c, str(root / "run"), mesh=_one_device(c)).setup()
-  t.run(progress=False)
-  t.close()
-  return root
+def trained(post_moe_run):
+  """A run with checkpoints at steps 15 and 30: the one test_train.py reads (trained once)."""
+  return post_moe_run[0]
 
 
 def test_eval_follows_a_run_and_writes_results_report_figures(trained):
@@ -58,15 +46,25 @@ def test_eval_follows_a_run_and_writes_results_report_figures(trained):
   assert [e["step"] for e in res["evaluations"]] == [15, 30]
   assert res["baseline"]["step"] == 15 and res["seed"] == 0
   assert res["run_config"]["train"]["steps"] == 30 and res["eval_config"]["mcq"]["shots"] == 3
+  # Each mode's accuracy from the predictions it wrote: (file, correctness key, prediction key).
+  files = {"generative": ("mcq_generative.jsonl", "correct", "pred"),
+           "loglikelihood": ("mcq_loglikelihood.jsonl", "correct", "pred"),
+           "loglikelihood_norm": ("mcq_loglikelihood.jsonl", "correct_norm", "pred_norm")}
   for e in res["evaluations"]:
     m = e["mcq"]
     assert set(m) == {"generative", "loglikelihood", "loglikelihood_norm"}
-    for mode in m.values():
+    for name, mode in m.items():
       assert set(mode["per_language"]) == set(LANGS)
       assert mode["major_languages"] == 3 and mode["minor_languages"] == 2
       assert mode["items"] == 2 * len(LANGS)
-      accs = [v["acc"] for v in mode["per_language"].values()]
-      assert all(0.0 <= a <= 1.0 for a in accs)
+      file, key, pred = files[name]
+      with open(out / "predictions" / f"step_{e['step']}" / file) as f:
+        recs = [json.loads(line) for line in f]
+      for lang, v in mode["per_language"].items():
+        mine = [r for r in recs if r["lang"] == lang and not r.get("skipped")]
+        assert all(r[key] == (r[pred] == r["gold"]) for r in mine)
+        assert v["n"] == len(mine) > 0
+        assert v["acc_weighted"] == pytest.approx(sum(bool(r[key]) for r in mine) / len(mine))
       assert mode["major_average"] == pytest.approx(
           np.mean([v["acc"] for v in mode["per_language"].values() if v["class"] == "major"]))
     assert set(e["perplexity"]) == set(LANGS)

@@ -1,5 +1,6 @@
 """End-to-end training on the embedded sample: loss goes down; stop + resume == uninterrupted."""
 import json
+import math
 import os
 
 import jax
@@ -7,17 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from helpers import post_moe_run_config
 from medmoe_jax import sharding
 from medmoe_jax.train import Trainer, cpu_allocator_hint
 
 
 def _config(steps=30):
-  c = load_config("post_moe")
-  c.model.update(dict(d_model=64, num_heads=4, num_kv_heads=2, d_ff=128))
-  c.data.update(dict(seq_len=64, batch_size=4))
-  c.train.update(dict(steps=steps, log_every=5, checkpoint_every=15, lr=3e-3))
-  c.mesh.update(dict(data=-1))
-  return c
+  return post_moe_run_config(steps)
 
 
 def _trainer(c, workdir):
@@ -34,20 +31,20 @@ def _history(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("full")
-  c = _config()
-  c.data.data_dir = str(workdir / "data")
-  t = _trainer(c, workdir / "run")
-  state = t.run(progress=False)
-  t.close()
-  return workdir / "run", jax.device_get(state.params)
+def uninterrupted(post_moe_run):
+  root, params = post_moe_run  # the shared run: _config() on one device
+  return root / "run", params
 
 
 def test_training_lowers_loss_and_writes_outputs(uninterrupted):
   workdir, _ = uninterrupted
   hist = _history(workdir)
   assert [r["step"] for r in hist] == [5, 10, 15, 20, 25, 30]
+  # Each record's lr is the one its step's update used: the schedule at step - 1 (warm-up of 1
+  # step from 0, then cosine from 3e-3 to 3e-4 over 29 steps).
+  cos = lambda s: 3e-4 + 0.5 * 2.7e-3 * (1 + math.cos(math.pi * (s - 1) / 29))
+  for r in hist:
+    assert r["lr"] == pytest.approx(cos(r["step"] - 1), rel=1e-5), r["step"]
   assert hist[-1]["loss"] < hist[0]["loss"] - 0.5
   seen = set().union(*(r["lang_loss"] for r in hist))
   assert len(seen) >= 15 and seen <= set(load_config("post_moe").languages.use)
