@@ -8,7 +8,6 @@ case, step 4 is damaged, and the same trainer resumes on the copy.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -16,29 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_config
 from medmoe_jax import checkpoint_integrity as integrity
 from medmoe_jax import sharding
 from medmoe_jax.checkpoint import Checkpointer, DamagedCheckpointError
 from medmoe_jax.train import Trainer
-
-
-def _config():
-  c = load_config("post_moe")
-  c.model.update(dict(num_layers=2, d_model=32, num_heads=2, num_kv_heads=1, d_ff=64))
-  c.moe.layers = "last:1"
-  c.data.update(dict(seq_len=32, batch_size=8))
-  c.train.update(dict(steps=6, log_every=2, checkpoint_every=2, keep_checkpoints=10))
-  c.mesh.data = -1
-  return c
-
-
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop("tokens_per_sec")
-  return recs
+from test_faults import _config, _history  # the same tiny run (6 steps, checkpoints every 2)
 
 
 @pytest.fixture(scope="module")

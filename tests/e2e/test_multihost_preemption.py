@@ -9,7 +9,6 @@ an uninterrupted 2-process run.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -25,6 +24,7 @@ from medmoe_jax import config as cfg_lib
 from medmoe_jax import upcycle
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.training.faults import EXIT_PREEMPTED
+from test_faults import _history
 from test_multihost import _config, _flags, _free_port
 
 STEPS = 12
@@ -81,14 +81,6 @@ class Pair:
 
 def _steps(ckpts):
   return sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
-
-
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop("tokens_per_sec")
-  return recs
 
 
 def test_sigterm_and_sigkill_of_one_process_then_rerun_equals_an_uninterrupted_run(tmp_path):
