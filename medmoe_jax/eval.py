@@ -15,6 +15,7 @@ import datetime
 import glob
 import json
 import os
+import sys
 import time
 
 from absl import app, flags, logging
@@ -337,17 +338,27 @@ class Evaluator:
     from medmoe_jax.checkpoint import read_run_config
     from medmoe_jax.evaluation.lm import checkpoint_steps
     final = int(read_run_config(self.run_dir).train.steps)
+    from medmoe_jax.checkpoint_integrity import DamagedCheckpointError
     done = {e["step"] for e in results["evaluations"]}
+    damaged = set()
     last_new = time.time()
     while True:
       todo = [s for s in checkpoint_steps(self.run_dir) if s not in done]
       for s in todo:
-        self._record(results, self.evaluate_step(results, s))
         done.add(s)
         last_new = time.time()
+        try:
+          entry = self.evaluate_step(results, s)
+        except DamagedCheckpointError as e:  # reported, skipped; the next step may be intact
+          damaged.add(s)
+          if self.main:
+            print(f"follow: step {s} skipped: {e}", file=sys.stderr, flush=True)
+          continue
+        self._record(results, entry)
       if final in done:
         if self.main:
-          print(f"follow: the run's final step {final} is evaluated; done", flush=True)
+          state = "damaged (skipped)" if final in damaged else "evaluated"
+          print(f"follow: the run's final step {final} is {state}; done", flush=True)
         return results
       if time.time() - last_new > self.c.follow_idle_timeout:
         if self.main:

@@ -121,3 +121,28 @@ def test_hard_routing_model_routes_every_token_to_its_own_expert(trained):
     assert all(row[v["own_expert"]] == 1.0 for row in v["fractions"])
   assert result["average"]["own_share"] == [1.0, 1.0]
   assert all(math.isfinite(v["ppl"]) for v in ppl.values())
+
+
+def test_eval_follow_skips_a_damaged_step_and_leaves_it_in_place(trained, tmp_path, capfd):
+  # Evaluation beside a training run reads, never renames: a damaged step is named and skipped.
+  import shutil
+  run = tmp_path / "run"
+  shutil.copytree(trained / "run", run)
+  with open(run / "checkpoints" / "30" / "state" / "_METADATA", "r+b") as f:
+    f.seek(10)
+    f.write(b"#")  # one changed byte
+  c = load_config("eval")
+  c.checkpoint = str(run)
+  c.tasks = "perplexity"
+  c.follow, c.follow_poll_seconds = True, 0.1
+  c.languages = "zh,sw"
+  c.progress = False
+  c.perplexity.update(dict(max_batches=1, data_dir=str(trained / "data")))
+  capfd.readouterr()
+  res = Evaluator(c, str(tmp_path / "eval"), mesh=_one_device(c)).run()
+  assert [e["step"] for e in res["evaluations"]] == [15]
+  out, err = capfd.readouterr()
+  assert (f"follow: step 30 skipped: checkpoint step 30 in {run / 'checkpoints'} is damaged: "
+          f"{run / 'checkpoints' / '30' / 'state' / '_METADATA'} has changed contents") in err
+  assert "follow: the run's final step 30 is damaged (skipped); done" in out
+  assert sorted(os.listdir(run / "checkpoints")) == ["15", "30"]
