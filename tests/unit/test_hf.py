@@ -1,11 +1,15 @@
-"""Hugging Face interop against transformers (PyTorch CPU, fp32): imported Qwen2/Llama models give
-HF's logits, our MoE exported as Qwen2-MoE gives ours, round trips are exact, pickles are refused."""
+"""Hugging Face interop against transformers (PyTorch CPU, fp32), on tiny random models made here:
+Qwen2/2.5, Qwen3, Llama 3 (llama3 RoPE), Qwen2-MoE with a shared expert and Qwen3-MoE import with
+HF's logits, export as themselves with ours, and round-trip exactly; the sentencepiece tokenizer
+exports as tokenizer.json; an upcycled Qwen3 exports as Qwen3-MoE and generates our tokens; bad
+input is refused in one line naming the file and key."""
 import functools
 import json
 import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -468,3 +472,45 @@ def test_sentencepiece_tokenizer_converts_exactly(tmp_path):
   # Our own HF-tokenizer wrapper reads the export too (a run can train on it).
   again = tok_lib.load_tokenizer(str(tmp_path))
   assert (again.bos_id, again.eos_id, again.pad_id) == (sample.bos_id, sample.eos_id, sample.pad_id)
+
+
+@pytest.mark.parametrize("params", [
+    {"rope_type": "default"},
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},
+    {"rope_type": "llama3", **{k: v for k, v in LLAMA3_ROPE.items() if k != "rope_type"}}])
+def test_rope_frequencies_equal_transformers(params):
+  """Our inverse frequencies against transformers' own ROPE_INIT_FUNCTIONS (Llama 3.2's real
+  scaling included), at a real head_dim."""
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+  from medmoe_jax.model.layers import rope_inv_freq
+  cfg = transformers.LlamaConfig(hidden_size=2048, num_attention_heads=32, head_dim=64,
+                                 max_position_embeddings=131072,
+                                 rope_parameters={**params, "rope_theta": 500000.0})
+  if params["rope_type"] == "default":
+    want = 1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float) / 64))
+  else:
+    want, scale = ROPE_INIT_FUNCTIONS[params["rope_type"]](cfg, "cpu")
+    assert scale == 1.0
+  over = hf.model_overrides({**SMALL, "model_type": "llama", "max_position_embeddings": 131072,
+                             "rope_parameters": {**params, "rope_theta": 500000.0}})
+  scaling = cfg_lib.rope_scaling_spec(ml_collections.ConfigDict({"rope_scaling": over["model"]["rope_scaling"]}))
+  np.testing.assert_allclose(rope_inv_freq(64, 500000.0, scaling), want.numpy(), rtol=1e-6)
+
+
+def test_fused_expert_layout_imports(arch_dirs, tmp_path):
+  """transformers 5 keeps a Qwen2-MoE's experts fused in memory (gate_up_proj [E, 2F, D],
+  down_proj [E, D, F]); a file written from that state dict imports to the same params."""
+  from safetensors.torch import save_file
+  root, _, model = arch_dirs["qwen2_moe"]
+  d = tmp_path / "fused"
+  d.mkdir()
+  state = {k: v.contiguous() for k, v in model.state_dict().items()}
+  assert "model.layers.1.mlp.experts.gate_up_proj" in state
+  save_file(state, str(d / "model.safetensors"))
+  (d / "config.json").write_text((root / "hf" / "config.json").read_text())
+  hf.import_hf(str(d), str(tmp_path / "ours"))
+  _, _, fused = _imported(tmp_path / "ours")
+  _, _, per_expert = _imported(root / "ours")
+  jax.tree.map(np.testing.assert_array_equal, fused, per_expert)
