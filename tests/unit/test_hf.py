@@ -514,3 +514,28 @@ def test_fused_expert_layout_imports(arch_dirs, tmp_path):
   _, _, fused = _imported(tmp_path / "ours")
   _, _, per_expert = _imported(root / "ours")
   jax.tree.map(np.testing.assert_array_equal, fused, per_expert)
+
+
+@pytest.mark.e2e
+def test_upcycled_llama3_exports_as_qwen2_moe_without_bias_with_its_rope(arch_dirs, tmp_path):
+  """transformers has no Llama layout with dense and sparse layers: a Post-MoE model on a Llama
+  3 base exports as Qwen2-MoE with qkv_bias=false and the llama3 RoPE scaling, and computes our
+  logits."""
+  from medmoe_jax import upcycle
+  c, _, dense = _imported(arch_dirs["llama3"][0] / "ours")
+  c.moe.update(dict(layers="last:1", num_experts=4, top_k=2, language_routing="hybrid",
+                    norm_topk=True, d_ff=0))
+  c.upcycle.method = "apollo"
+  spec = cfg_lib.model_spec(c)
+  params = upcycle.upcycle("apollo", dense, random_params(spec, seed=31, router_std=0.8), spec)
+  ck = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
+  ck.save(1, TrainState(jnp.zeros((), jnp.int32), params, {}), {})
+  ck.close()
+  (tmp_path / "run" / "config.json").write_text(cfg_lib.to_json(c))
+  hf.export_hf(str(tmp_path / "run"), str(tmp_path / "exp"))
+  out = json.load(open(tmp_path / "exp" / "config.json"))
+  assert out["model_type"] == "qwen2_moe" and out["qkv_bias"] is False
+  assert out["rope_parameters"]["rope_type"] == "llama3"
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "exp"),
+                                                            dtype=torch.float32).eval()
+  assert np.abs(_hf_logits(model) - _ours(spec, params)).max() <= TOL
