@@ -352,43 +352,6 @@ def summarize(records: Sequence[dict], key: str = "correct",
   """Accuracy per source and per language as the official collection script computes them,
   and the unweighted means over major and minor languages. exclude_from_average: sources left out
   of the language averages (None: the official choice, LEFT_OUT_OF_AVERAGE)."""
-  excluded = {s.lower() for s in (LEFT_OUT_OF_AVERAGE if exclude_from_average is None
-                                  else exclude_from_average)}
-  per_source: dict[str, dict] = {}
-  for r in records:
-    s = per_source.setdefault(r["source"], {"lang": r["lang"], "class": r["class"], "n": 0,
-                                           "correct": 0, "skipped": 0})
-    if r.get("skipped"):
-      s["skipped"] += 1
-      continue
-    s["n"] += 1
-    s["correct"] += int(bool(r[key]))
-  for s in per_source.values():
-    s["acc"] = s["correct"] / s["n"] if s["n"] else None
-  per_lang: dict[str, dict] = {}
-  for name, s in per_source.items():
-    if name.lower() in excluded or not s["n"]:
-      continue
-    l = per_lang.setdefault(s["lang"], {"class": s["class"], "n": 0, "correct": 0, "sources": []})
-    l["n"] += s["n"]
-    l["correct"] += s["correct"]
-    l["sources"].append(name)
-  for code, l in per_lang.items():
-    macro = sum(per_source[s]["acc"] for s in l["sources"]) / len(l["sources"])
-    l["acc_macro"] = macro
-    l["acc_weighted"] = l["correct"] / l["n"]
-    l["averaging"] = "unweighted" if code in UNWEIGHTED_LANGUAGES else "weighted"
-    l["acc"] = macro if code in UNWEIGHTED_LANGUAGES else l["acc_weighted"]
-
-  def mean_of(cls):
-    accs = [l["acc"] for l in per_lang.values() if l["class"] == cls]
-    return (sum(accs) / len(accs) if accs else None), len(accs)
-
-  major, n_major = mean_of("major")
-  minor, n_minor = mean_of("minor")
-  n = sum(s["n"] for s in per_source.values())
-  return {"per_source": per_source, "per_language": per_lang,
-          "major_average": major, "major_languages": n_major,
-          "minor_average": minor, "minor_languages": n_minor,
-          "items": n, "skipped": sum(s["skipped"] for s in per_source.values()),
-          "overall": (sum(s["correct"] for s in per_source.values()) / n) if n else None}
+  from medmoe_jax.evaluation import mcq  # pylint: disable=g-import-not-at-top
+  return mcq.summarize(records, key, LEFT_OUT_OF_AVERAGE if exclude_from_average is None
+                       else exclude_from_average, unweighted_languages=UNWEIGHTED_LANGUAGES)

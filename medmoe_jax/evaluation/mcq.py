@@ -501,9 +501,11 @@ def summarize_protocol(records: Sequence[dict], key: str, protocol: str,
 
 
 def summarize(records: Sequence[dict], key: str = "correct",
-              exclude_from_average: Sequence[str] = DEFAULT_EXCLUDED_FROM_AVERAGE) -> dict:
+              exclude_from_average: Sequence[str] = DEFAULT_EXCLUDED_FROM_AVERAGE,
+              unweighted_languages: Sequence[str] = ()) -> dict:
   """Accuracy per source and per language (micro: over items; macro: mean of the language's
-  source accuracies), and the means over major and minor languages (of micro accuracies).
+  source accuracies), and the means over major and minor languages of the languages' "acc":
+  micro, or macro for the unweighted_languages (the official Apollo averages: en, zh).
   Skipped items are counted, not scored. Sources in exclude_from_average are reported per source
   but left out of the language and class averages (the paper leaves out PubMedQA)."""
   excluded = {s.lower() for s in exclude_from_average}
@@ -527,8 +529,10 @@ def summarize(records: Sequence[dict], key: str = "correct",
     l["correct"] += s["correct"]
     l["sources"].append(name)
   for code, l in per_lang.items():
-    l["acc"] = l["correct"] / l["n"]
+    l["acc_weighted"] = l["correct"] / l["n"]
     l["acc_macro"] = float(np.mean([per_source[s]["acc"] for s in l["sources"]]))
+    l["averaging"] = "unweighted" if code in unweighted_languages else "weighted"
+    l["acc"] = l["acc_macro"] if code in unweighted_languages else l["acc_weighted"]
 
   def mean_of(cls):
     accs = [l["acc"] for l in per_lang.values() if l["class"] == cls]
