@@ -499,23 +499,6 @@ def test_rope_frequencies_equal_transformers(params):
   np.testing.assert_allclose(rope_inv_freq(64, 500000.0, scaling), want.numpy(), rtol=1e-6)
 
 
-def test_fused_expert_layout_imports(arch_dirs, tmp_path):
-  """transformers 5 keeps a Qwen2-MoE's experts fused in memory (gate_up_proj [E, 2F, D],
-  down_proj [E, D, F]); a file written from that state dict imports to the same params."""
-  from safetensors.torch import save_file
-  root, _, model = arch_dirs["qwen2_moe"]
-  d = tmp_path / "fused"
-  d.mkdir()
-  state = {k: v.contiguous() for k, v in model.state_dict().items()}
-  assert "model.layers.1.mlp.experts.gate_up_proj" in state
-  save_file(state, str(d / "model.safetensors"))
-  (d / "config.json").write_text((root / "hf" / "config.json").read_text())
-  hf.import_hf(str(d), str(tmp_path / "ours"))
-  _, _, fused = _imported(tmp_path / "ours")
-  _, _, per_expert = _imported(root / "ours")
-  jax.tree.map(np.testing.assert_array_equal, fused, per_expert)
-
-
 @pytest.mark.e2e
 def test_upcycled_llama3_exports_as_qwen2_moe_without_bias_with_its_rope(arch_dirs, tmp_path):
   """transformers has no Llama layout with dense and sparse layers: a Post-MoE model on a Llama
