@@ -218,11 +218,9 @@ _SHRINK_ACTIVATIONS = ("set config.model.remat=full, use fewer rows per device (
 
 
 def run(c, topology: str | None = None, num_devices: int | None = None, *,
-        check_fit: bool = True, trainer_cls=None) -> dict:
+        check_fit: bool = True) -> dict:
   """Compile c's train step for the topology on fake devices; returns the report (a dict).
-  Raises ConfigError / DryRunError with a one-line reason when the job cannot run.
-  trainer_cls: medmoe_jax.train.Trainer (passed in by `python -m medmoe_jax.train`, whose module
-  is __main__ and must not be imported a second time)."""
+  Raises ConfigError / DryRunError with a one-line reason when the job cannot run."""
   from medmoe_jax import config as cfg_lib
 
   topo = parse_topology(topology, num_devices)
@@ -233,12 +231,11 @@ def run(c, topology: str | None = None, num_devices: int | None = None, *,
   import jax
 
   from medmoe_jax import sharding
-  if trainer_cls is None:
-    from medmoe_jax.train import Trainer as trainer_cls
+  from medmoe_jax.training.trainer import Trainer
 
   acc = topo.accelerator
   mesh = sharding.make_mesh(c, jax.devices()[:n])
-  trainer = trainer_cls(c, workdir="", mesh=mesh).setup_step()
+  trainer = Trainer(c, workdir="", mesh=mesh).setup_step()
   state, batch, rng = trainer.abstract_step_inputs()
   params_b = per_device_bytes(state.params)
   opt_b = per_device_bytes(state.opt_state)
@@ -256,7 +253,7 @@ def run(c, topology: str | None = None, num_devices: int | None = None, *,
   if fc is c:
     flops = matmul_flops(traced.jaxpr)
   else:
-    counter = trainer_cls(fc, workdir="", mesh=mesh).setup_step()
+    counter = Trainer(fc, workdir="", mesh=mesh).setup_step()
     flops = matmul_flops(counter.train_step.trace(*counter.abstract_step_inputs()).jaxpr)
   lowered = traced.lower()
   t1 = time.perf_counter()
@@ -324,13 +321,13 @@ def format_report(r: dict) -> str:
   return "\n".join(lines)
 
 
-def main(c, topology: str | None, num_devices: int | None, trainer_cls=None) -> int:
+def main(c, topology: str | None, num_devices: int | None) -> int:
   """CLI entry (train.main): prints the report and a JSON line; returns the exit status."""
   import sys
 
   from medmoe_jax.config import ConfigError
   try:
-    report = run(c, topology, num_devices, trainer_cls=trainer_cls)
+    report = run(c, topology, num_devices)
   except (ConfigError, DryRunError) as e:
     print(f"dry run failed: {e}", file=sys.stderr, flush=True)
     return 2

@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from medmoe_jax.config import MESH_AXES, mesh_shape
 from medmoe_jax.model.layers import BATCH_MESH_AXES
+from medmoe_jax.treepath import path_keys
 
 BATCH_AXES = BATCH_MESH_AXES
 
@@ -71,6 +72,24 @@ def state_shardings(abstract_state, mesh: Mesh, rules=LOGICAL_RULES):
     return NamedSharding(mesh, _fit_to_shape(logical_to_mesh(var_spec, rules), var.shape, mesh))
 
   return jax.tree.map(to_sharding, nnx.to_pure_dict(pspecs), nnx.to_pure_dict(abstract_state))
+
+
+def shard_like_params(opt_state, param_shardings, default):
+  """Optimizer state -> shardings: a leaf whose tree path ends with a parameter's path (Adam's
+  mu/nu mirror the params' tree) gets that parameter's sharding, everything else `default`."""
+  flat_params = {tuple(path_keys(p)): s
+                 for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+  def pick(path, leaf):
+    keys = tuple(path_keys(path))
+    for n in range(len(keys)):
+      if keys[n:] in flat_params and flat_params[keys[n:]] is not None:
+        s = flat_params[keys[n:]]
+        if len(s.spec) <= leaf.ndim:
+          return s
+    return default
+
+  return jax.tree_util.tree_map_with_path(pick, opt_state)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
