@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 
 import ml_collections
 
 from medmoe_jax import languages as langs
+from medmoe_jax.data import specs as data_specs
 from medmoe_jax.model.spec import (BACKENDS, GROUPED_MATMULS, LANGUAGE_ROUTING, ModelSpec, MoESpec,
                                    parse_moe_layers, segments_for)
 from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
@@ -377,11 +379,43 @@ def _validate_data(c) -> None:
     raise _err("data.max_docs_per_language", f"must be >= 0, got {d.max_docs_per_language}")
   if d.num_threads < 0 or d.prefetch < 0:
     raise _err("data", f"num_threads and prefetch must be >= 0, got {d.num_threads}, {d.prefetch}")
-  from medmoe_jax.data import corpus  # light: no tfds/grain import until data is read
   try:
-    corpus.source_specs(c)
+    source_specs(c)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def _custom_languages(c) -> tuple[str, ...]:
+  return tuple(c.languages.custom_families) if c.languages.custom_families else ()
+
+
+def source_specs(c) -> list[data_specs.SourceSpec]:
+  """config.data.sources parsed and checked; ValueError names `config.data.sources[i].key`."""
+  try:
+    out = data_specs.parse_sources(c.data.sources)
+    data_specs.check_sources(out, data_specs.KnownLanguages(
+        [*_custom_languages(c), *language_list(c)]))
+  except ValueError as e:
+    raise ValueError(f"config.data.sources{'' if str(e).startswith('[') else ': '}{e}") from None
+  return out
+
+
+def data_spec(c, workdir: str) -> data_specs.DataSpec:
+  """The data package's spec of a validated config. Built sources live in config.data.data_dir,
+  or <workdir>/data: a run writes nothing outside its workdir unless told to (set
+  data.data_dir to share one build between runs)."""
+  d = c.data
+  data_dir = os.path.expanduser(d.data_dir) if d.data_dir else os.path.join(
+      os.path.abspath(workdir), "data")
+  return data_specs.DataSpec(
+      name=str(c.name), sources=tuple(source_specs(c)), languages=tuple(language_list(c)),
+      custom_languages=_custom_languages(c), data_dir=data_dir, tokenizer=str(d.tokenizer),
+      seq_len=int(d.seq_len), batch_size=int(d.batch_size), seed=int(c.seed),
+      temperature=float(d.temperature), on_error=d.on_error,
+      validation_every=int(d.validation_every), packing=d.packing,
+      num_threads=int(d.num_threads), prefetch=int(d.prefetch), replay=replay(c),
+      chat_template=d.get("chat_template", "apollo"),
+      max_docs_per_language=int(d.get("max_docs_per_language", 0)))
 
 
 UPCYCLE_METHODS = ("none", "apollo", "lpr", "ct")

@@ -1,9 +1,10 @@
 """Data: local corpora -> ArrayRecord (tfds builder, no TensorFlow) -> grain mixture/pack/batch.
 
-    corpus.train_dataset(config, workdir, tokenizer, process_index, process_count)
+    corpus.train_dataset(data, tokenizer, process_index, process_count)
                                    -> grain.IterDataset of the trainer's batches
-    corpus.prepare(config, workdir, tokenizer) -> statistics (python -m medmoe_jax.data prepare)
-    corpus.load_splits(config, workdir) -> {"train", "validation"}: ConcatSource of all sources
+    corpus.prepare(data, tokenizer) -> statistics (python -m medmoe_jax.data prepare)
+    corpus.load_splits(data) -> {"train", "validation"}: ConcatSource of all sources
+    (data: the run's specs.DataSpec, from medmoe_jax.config.data_spec(config, workdir))
     sources.build_source(spec, data_dir, ...) -> BuiltSource (one source, built once)
     sources.build_text_source(files, data_dir, name) -> {"train", "validation"}: TextSource
     tokenizer.load_tokenizer("sample" | .model | tokenizer.json | HF dir) -> Tokenizer
@@ -37,7 +38,7 @@ _EXPORTS = {
     "load_tokenizer": "tokenizer",
     "train_sample_tokenizer": "tokenizer",
     "train_tokenizer": "tokenizer",
-    "data_dir_for": "corpus",
+    "DataSpec": "specs",
     "load_splits": "corpus",
     "prepare": "corpus",
     "train_dataset": "corpus",

@@ -35,25 +35,24 @@ flags.DEFINE_integer("max_docs", 2_000_000, "tokenizer: train on at most this ma
 COMMANDS = ("prepare", "tokenizer")
 
 
-def _prepare(c, workdir: str) -> None:
+def _prepare(c, data) -> None:
   from medmoe_jax.data import corpus, tokenizer
 
-  tok = tokenizer.load_tokenizer(c.data.tokenizer) if c.data.tokenizer else None
+  tok = tokenizer.load_tokenizer(data.tokenizer) if data.tokenizer else None
   if tok is None:
     print("config.data.tokenizer is empty: documents are counted, tokens are not")
   t0 = time.perf_counter()
-  corpus.prepare(c, workdir, tok)
+  corpus.prepare(data, tok)
   print(f"prepare took {time.perf_counter() - t0:.1f} s")
 
 
-def _tokenizer(c, workdir: str) -> None:
-  from medmoe_jax.data import chat, corpus, sources, tokenizer
+def _tokenizer(c, data) -> None:
+  from medmoe_jax.data import sources, tokenizer
 
   vocab = FLAGS.vocab_size or int(c.model.vocab_size)
-  out = FLAGS.out or os.path.join(corpus.data_dir_for(c, workdir),
-                                  f"tokenizer_{c.name}_{vocab}.model")
-  texts = (t for spec in corpus.source_specs(c) for t in sources.iter_texts(spec, c.data.on_error,
-                                                                           chat.from_config(c)))
+  out = FLAGS.out or os.path.join(data.data_dir, f"tokenizer_{c.name}_{vocab}.model")
+  template = data.chat()
+  texts = (t for spec in data.sources for t in sources.iter_texts(spec, data.on_error, template))
   docs = tokenizer.sample_documents(texts, FLAGS.max_docs)
   t0 = time.perf_counter()
   tok = tokenizer.train_tokenizer(docs, out, vocab)
@@ -74,7 +73,7 @@ def main(argv):
   paths.resolve_config_paths(c)
   cfg_lib.validate(c)
   workdir = paths.absolute(FLAGS.workdir or os.path.join("workdir", c.name))
-  {"prepare": _prepare, "tokenizer": _tokenizer}[argv[1]](c, workdir)
+  {"prepare": _prepare, "tokenizer": _tokenizer}[argv[1]](c, cfg_lib.data_spec(c, workdir))
 
 
 if __name__ == "__main__":

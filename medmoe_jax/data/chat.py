@@ -156,10 +156,15 @@ class ChatTemplate:
 
 
 def from_config(c) -> ChatTemplate:
-  name = c.data.get("chat_template", "apollo")
+  return template(c.data.get("chat_template", "apollo"), c.data.tokenizer)
+
+
+def template(name: str, tokenizer: str) -> ChatTemplate:
+  """The chat template `name` (config.data.chat_template); "hf" reads the tokenizer directory's
+  own (config.data.tokenizer)."""
   if name not in TEMPLATES:
     raise ValueError(f"config.data.chat_template: {name!r}; use one of {', '.join(TEMPLATES)}")
   if name != "hf":
     return ChatTemplate(name)
-  jinja, special = hf_chat_template(c.data.tokenizer)
+  jinja, special = hf_chat_template(tokenizer)
   return ChatTemplate(name, jinja, tuple(sorted(special.items())))

@@ -1,10 +1,11 @@
 """A config's corpus: build its sources, count them, and make the training batches.
 
-    data_dir_for(c, workdir)                  where built sources live
-    build_sources(c, workdir)                 every source of config.data.sources, built once
-    load_splits(c, workdir)                   {"train", "validation"}: ConcatSource of all sources
-    train_dataset(c, workdir, tokenizer, ...) the grain dataset the trainer iterates
-    prepare(c, workdir, tokenizer)            build + statistics (printed and saved)
+    build_sources(data)                       every source of the run, built once
+    load_splits(data)                         {"train", "validation"}: ConcatSource of all sources
+    train_dataset(data, tokenizer, ...)       the grain dataset the trainer iterates
+    prepare(data, tokenizer)                  build + statistics (printed and saved)
+
+`data` is the run's DataSpec (data/specs.py), resolved from the config by medmoe_jax.config.
 
 Statistics: per source and language, documents (train/validation), tokens (with the config's
 tokenizer: content tokens without BOS/EOS, and targets: the tokens the loss sees, i.e. without
@@ -23,78 +24,48 @@ from typing import Any
 
 import numpy as np
 
-# pipeline (grain) is imported where batches are made: config validation imports this module.
-from medmoe_jax.data import chat, sources, specs
+# pipeline (grain) is imported where batches are made: statistics alone do not need it.
+from medmoe_jax.data import sources
+from medmoe_jax.data.specs import DataSpec
 from medmoe_jax.fileio import write_atomic
 
 
-def data_dir_for(c, workdir: str) -> str:
-  """config.data.data_dir, or <workdir>/data: a run writes nothing outside its workdir unless
-  told to (set data.data_dir to share one build between runs)."""
-  if c.data.data_dir:
-    return os.path.expanduser(c.data.data_dir)
-  return os.path.join(os.path.abspath(workdir), "data")
-
-
-def _languages(c) -> list[str]:
-  from medmoe_jax import config as cfg_lib  # pylint: disable=g-import-not-at-top
-
-  return cfg_lib.language_list(c)
-
-
-def known_languages(c) -> specs.KnownLanguages:
-  custom = list(c.languages.custom_families) if c.languages.custom_families else []
-  return sources.known_languages([*custom, *_languages(c)])
-
-
-def source_specs(c) -> list[specs.SourceSpec]:
-  """config.data.sources parsed and checked; ValueError names `config.data.sources[i].key`."""
-  try:
-    out = specs.parse_sources(c.data.sources)
-    specs.check_sources(out, known_languages(c))
-  except ValueError as e:
-    raise ValueError(f"config.data.sources{'' if str(e).startswith('[') else ': '}{e}") from None
-  return out
-
-
-def build_sources(c, workdir: str, *, log=print) -> list[sources.BuiltSource]:
-  """Builds every missing or stale source of the config; reuses the others untouched."""
-  data_dir = data_dir_for(c, workdir)
-  template = chat.from_config(c)
-  return [sources.build_source(spec, data_dir, on_error=c.data.on_error,
-                               validation_every=int(c.data.validation_every),
-                               detect=_languages(c), known=known_languages(c), log=log,
+def build_sources(data: DataSpec, *, log=print) -> list[sources.BuiltSource]:
+  """Builds every missing or stale source of the run; reuses the others untouched."""
+  known, template = data.known_languages(), data.chat()
+  return [sources.build_source(spec, data.data_dir, on_error=data.on_error,
+                               validation_every=int(data.validation_every),
+                               detect=list(data.languages), known=known, log=log,
                                template=template)
-          for spec in source_specs(c)]
+          for spec in data.sources]
 
 
 def concat(built: list[sources.BuiltSource], split: str) -> sources.ConcatSource:
   return sources.ConcatSource([(b.spec.name, b.splits[split], b.spec.weight) for b in built])
 
 
-def load_splits(c, workdir: str, *, log=print) -> dict[str, sources.ConcatSource]:
-  built = build_sources(c, workdir, log=log)
+def load_splits(data: DataSpec, *, log=print) -> dict[str, sources.ConcatSource]:
+  built = build_sources(data, log=log)
   return {s: concat(built, s) for s in sources.SPLITS}
 
 
-def train_dataset(c, workdir: str, tokenizer, process_index: int = 0, process_count: int = 1,
+def train_dataset(data: DataSpec, tokenizer, process_index: int = 0, process_count: int = 1,
                   *, log=print):
   """The training batches of this process: its shard of the global stream, batch_size /
   process_count rows per batch (the trainer assembles them into global arrays)."""
-  if c.data.batch_size % process_count:
-    raise ValueError(f"config.data.batch_size={c.data.batch_size} is not divisible by the "
+  if data.batch_size % process_count:
+    raise ValueError(f"config.data.batch_size={data.batch_size} is not divisible by the "
                      f"{process_count} processes; make it a multiple of {process_count}")
-  from medmoe_jax import config as cfg_lib  # pylint: disable=g-import-not-at-top
   from medmoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  train = concat(build_sources(c, workdir, log=log), "train")
+  train = concat(build_sources(data, log=log), "train")
   return pipeline.make_lm_dataset(
-      train, languages=_languages(c), tokenizer=tokenizer, seq_len=c.data.seq_len,
-      batch_size=c.data.batch_size // process_count, seed=c.seed,
-      temperature=c.data.temperature, shard_index=process_index, shard_count=process_count,
-      num_threads=int(c.data.num_threads), prefetch=int(c.data.prefetch),
-      packing=c.data.packing, replay=cfg_lib.replay(c),
-      max_docs_per_language=int(c.data.get("max_docs_per_language", 0)))
+      train, languages=list(data.languages), tokenizer=tokenizer, seq_len=data.seq_len,
+      batch_size=data.batch_size // process_count, seed=data.seed,
+      temperature=data.temperature, shard_index=process_index, shard_count=process_count,
+      num_threads=int(data.num_threads), prefetch=int(data.prefetch),
+      packing=data.packing, replay=data.replay,
+      max_docs_per_language=data.max_docs_per_language)
 
 
 # ---------------------------------------------------------------- statistics
@@ -122,13 +93,13 @@ def count_tokens(built: sources.BuiltSource, tokenizer, batch: int = 256) -> dic
   return out
 
 
-def corpus_stats(c, built: list[sources.BuiltSource], tokenizer=None) -> dict[str, Any]:
+def corpus_stats(data: DataSpec, built: list[sources.BuiltSource], tokenizer=None) -> dict[str, Any]:
   """Per source and language statistics, plus the training mixture (JSON-serialisable)."""
   from medmoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
-  use = _languages(c)
-  out: dict[str, Any] = {"config": c.name, "languages": use, "temperature": c.data.temperature,
-                         "on_error": c.data.on_error, "sources": {}, "by_language": {}}
+  use = list(data.languages)
+  out: dict[str, Any] = {"config": data.name, "languages": use, "temperature": data.temperature,
+                         "on_error": data.on_error, "sources": {}, "by_language": {}}
   if tokenizer is not None:
     out["tokenizer"] = getattr(tokenizer, "name", str(tokenizer))
   by_lang: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -152,7 +123,7 @@ def corpus_stats(c, built: list[sources.BuiltSource], tokenizer=None) -> dict[st
             for lang, n in b.stats["documents"]["train"].items() if lang in use and b.spec.weight > 0]
   probs: dict[str, float] = collections.Counter()
   if groups:
-    for (lang, _, _, _), p in zip(groups, pipeline.group_weights(groups, c.data.temperature)):
+    for (lang, _, _, _), p in zip(groups, pipeline.group_weights(groups, data.temperature)):
       probs[lang] += p
   for lang, counter in by_lang.items():
     out["by_language"][lang] = {**counter, "in_use": lang in use,
@@ -211,15 +182,15 @@ def format_stats(stats: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def stats_path(c, workdir: str) -> str:
-  return os.path.join(data_dir_for(c, workdir), f"stats_{c.name}.json")
+def stats_path(data: DataSpec) -> str:
+  return os.path.join(data.data_dir, f"stats_{data.name}.json")
 
 
-def prepare(c, workdir: str, tokenizer=None, *, log=print) -> dict[str, Any]:
+def prepare(data: DataSpec, tokenizer=None, *, log=print) -> dict[str, Any]:
   """Builds every source (no-op for built ones), counts, prints and saves the statistics."""
-  built = build_sources(c, workdir, log=log)
-  stats = corpus_stats(c, built, tokenizer)
-  path = stats_path(c, workdir)
+  built = build_sources(data, log=log)
+  stats = corpus_stats(data, built, tokenizer)
+  path = stats_path(data)
   text = json.dumps(stats, indent=1, sort_keys=True, ensure_ascii=False)
   old = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
   if old is None or json.loads(old) != json.loads(text):

@@ -33,6 +33,8 @@ import pathlib
 import re
 from collections.abc import Sequence
 
+from medmoe_jax.data import chat
+
 KINDS = ("auto", "text", "sft")
 SAMPLE = "sample"
 FROM_PATH = "from_path"
@@ -215,3 +217,40 @@ def check_sources(specs: Sequence[SourceSpec], known_languages) -> None:
     for code in s.detect or ():
       if code not in known_languages:
         raise ValueError(f"[{i}].detect: unknown language {code!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Everything the data package needs of a run, resolved once (medmoe_jax.config.resolve):
+  the corpus (parsed, checked sources), where it is built, how it is tokenized, sampled and
+  packed. The data package reads only this, never the config."""
+  name: str                       # the run's name (names the statistics file)
+  sources: tuple[SourceSpec, ...]
+  languages: tuple[str, ...]      # config.languages.use; the order defines lang_id
+  custom_languages: tuple[str, ...] = ()  # codes declared in config.languages.custom_families
+  data_dir: str = ""              # where built sources live (absolute)
+  tokenizer: str = "sample"
+  seq_len: int = 256
+  batch_size: int = 8             # global rows per step
+  seed: int = 0
+  temperature: float = 1.0
+  on_error: str = "raise"
+  validation_every: int = 10
+  packing: str = "first_fit"
+  num_threads: int = 2
+  prefetch: int = 2
+  # MoE-LPR stage 2: (replayed languages, their share of the mixture), or None.
+  replay: tuple[tuple[str, ...], float] | None = None
+  chat_template: str = "apollo"   # how supervised records become text (data/chat.py)
+  max_docs_per_language: int = 0  # > 0: each language's first N training documents only
+
+  def chat(self):
+    """The chat template (read from the tokenizer directory for "hf")."""
+    return chat.template(self.chat_template, self.tokenizer)
+
+  def known_languages(self) -> KnownLanguages:
+    return KnownLanguages([*self.custom_languages, *self.languages])
+
+  def files(self) -> list[str]:
+    """The input files of every source."""
+    return [f for s in self.sources for f in s.files()]

@@ -18,10 +18,11 @@ def heldout_source(run_config, data_dir: str):
   """The run's validation split, built under data_dir (reused when already built) by the same
   code and settings as training's: the run's `data.sources` specs, `data.validation_every` and
   language detection. Rebuilding it any other way could hand the eval text the run trained on."""
+  from medmoe_jax import config as cfg_lib
   from medmoe_jax.data import corpus
   c = run_config.copy_and_resolve_references()
   c.data.data_dir = data_dir
-  return corpus.load_splits(c, data_dir)["validation"]
+  return corpus.load_splits(cfg_lib.data_spec(c, data_dir))["validation"]
 
 
 def target_weights(batch: dict) -> np.ndarray:

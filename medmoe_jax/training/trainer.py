@@ -36,7 +36,7 @@ from medmoe_jax.training.metric_window import CHECKPOINT_KEY, MetricWindow
 
 def data_files(c) -> list[str]:
   """The input files of every source of config.data.sources."""
-  return [f for spec in corpus.source_specs(c) for f in spec.files()]
+  return [f for spec in cfg_lib.source_specs(c) for f in spec.files()]
 
 
 @dataclasses.dataclass
@@ -79,16 +79,16 @@ class Trainer:
       raise cfg_lib.ConfigError(
           f"config.model.vocab_size={self.spec.vocab_size} is smaller than the tokenizer's "
           f"vocabulary ({self.tokenizer.vocab_size}, {c.data.tokenizer}); raise it")
-    files = data_files(c)
+    data = cfg_lib.data_spec(c, self.workdir)
     # Several processes may share a disk: process 0 builds the dataset, the others then read it.
     multi = jax.process_count() > 1
     if multi and jax.process_index() != 0:
       barrier("medmoe_jax: dataset built")
     shard_index, shard_count = data_shard(self.mesh, c.data.batch_size)
     try:
-      self.dataset = corpus.train_dataset(c, self.workdir, self.tokenizer, shard_index, shard_count)
+      self.dataset = corpus.train_dataset(data, self.tokenizer, shard_index, shard_count)
     except UnicodeDecodeError as e:  # the codec's message names no file
-      raise faults.InputError(faults.locate_decode_error(files, e)) from None
+      raise faults.InputError(faults.locate_decode_error(data.files(), e)) from None
     except ValueError as e:  # the data module's messages name file, line and field
       raise faults.InputError(str(e)) from None
     if multi and jax.process_index() == 0:

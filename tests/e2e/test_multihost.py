@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config
+from medmoe_jax import config as cfg_lib
 from medmoe_jax import distributed, sharding
 from medmoe_jax.train import Trainer
 
@@ -73,7 +74,7 @@ def reference(tmp_path_factory):
   t = Trainer(c, str(root / "single")).setup()  # also builds the dataset the processes read
   assert t.mesh.shape["fsdp"] == 8
   # Exactly what process i of 2 reads (Trainer.setup -> corpus.train_dataset with its shard).
-  t.dataset = _ShardsInOrder([corpus.train_dataset(c, str(root / "single"), t.tokenizer, i, 2)
+  t.dataset = _ShardsInOrder([corpus.train_dataset(cfg_lib.data_spec(c, str(root / "single")), t.tokenizer, i, 2)
                               for i in range(2)])
   state = t.run(progress=False)
   t.close()

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from medmoe_jax import config as cfg_lib
 from medmoe_jax.data import corpus, pipeline, sources, tokenizer
 from medmoe_jax.data.chat import ChatTemplate
 
@@ -375,7 +376,7 @@ def test_resume_gives_batches_k_to_k_plus_5_of_the_uninterrupted_run(tmp_path, t
   k = 4
 
   def run():
-    return iter(corpus.train_dataset(c, str(tmp_path / "run"), tok))
+    return iter(corpus.train_dataset(cfg_lib.data_spec(c, str(tmp_path / "run")), tok))
 
   uninterrupted = _take(run(), k + 6)
   first = run()
@@ -391,7 +392,7 @@ def test_resume_gives_batches_k_to_k_plus_5_of_the_uninterrupted_run(tmp_path, t
 
 def test_prepare_counts_and_is_a_noop_when_built(tmp_path, tok, docs_by_lang):
   c = _corpus_config(tmp_path)
-  stats = corpus.prepare(c, str(tmp_path / "run"), tok, log=None)
+  stats = corpus.prepare(cfg_lib.data_spec(c, str(tmp_path / "run")), tok, log=None)
   assert stats["built_now"] == ["sample"]
   src = stats["sources"]["sample"]
   val = {lang: len([d for i, d in enumerate(docs) if i % 10 == 0]) for lang, docs in docs_by_lang.items()}
@@ -405,9 +406,9 @@ def test_prepare_counts_and_is_a_noop_when_built(tmp_path, tok, docs_by_lang):
   assert sum(probs) == pytest.approx(1.0) and stats["missing_languages"] == []
   data = tmp_path / "data"
   stamp = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
-  again = corpus.prepare(c, str(tmp_path / "run"), tok, log=None)
+  again = corpus.prepare(cfg_lib.data_spec(c, str(tmp_path / "run")), tok, log=None)
   assert again["built_now"] == [] and {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == stamp
-  assert json.loads(open(corpus.stats_path(c, str(tmp_path / "run"))).read()) == {
+  assert json.loads(open(corpus.stats_path(cfg_lib.data_spec(c, str(tmp_path / "run")))).read()) == {
       k: v for k, v in again.items() if k != "built_now"}
 
 

@@ -259,12 +259,13 @@ def test_prepare_cli_builds_once_and_saves_statistics(tmp_path):
   assert "Downloading and preparing" not in first and "downloaded and prepared" not in first
   # The same config again (in-process, to save a second interpreter start): nothing is written.
   from conftest import load_config
+  from medmoe_jax import config as cfg_lib
   from medmoe_jax.data import corpus, tokenizer
   c = load_config("post_moe")
   c.data.sources, c.data.on_error = srcs, "skip"
   stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "data").rglob("*") if p.is_file()}
   printed = []
-  again = corpus.prepare(c, str(tmp_path / "run"), tokenizer.load_tokenizer("sample"), log=printed.append)
+  again = corpus.prepare(cfg_lib.data_spec(c, str(tmp_path / "run")), tokenizer.load_tokenizer("sample"), log=printed.append)
   assert again["built_now"] == [] and "already built (inputs unchanged): sample, web, ceb" in printed
   assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "data").rglob("*") if p.is_file()} == stamp
 

@@ -156,7 +156,7 @@ def test_heldout_split_is_the_runs_own_validation_split(tmp_path):
   c = load_config("post_moe")
   c.data.validation_every = 4
   heldout = perplexity.heldout_source(c, str(tmp_path / "eval_data"))
-  run_splits = corpus.load_splits(c, str(tmp_path / "run"), log=lambda *_: None)
+  run_splits = corpus.load_splits(cfg_lib.data_spec(c, str(tmp_path / "run")), log=lambda *_: None)
   assert heldout.lang_counts() == run_splits["validation"].lang_counts()
   texts = lambda src: {src[i]["text"] for i in range(len(src))}
   assert texts(heldout) == texts(run_splits["validation"])
