@@ -6,6 +6,7 @@ that can be checked without compute and raises ConfigError naming the key and th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from medmoe_jax.model.spec import (BACKENDS, GROUPED_MATMULS, LANGUAGE_ROUTING, 
                                    parse_moe_layers, segments_for)
 from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
 from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
+from medmoe_jax.training.spec import TrainSpec
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", "it", "pt",
@@ -243,8 +245,22 @@ def mesh_shape(c, num_devices: int) -> dict[str, int]:
   return shape
 
 
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+  """What validation derives on its way, so that resolve() derives nothing twice."""
+  languages: list
+  moe_layers: tuple
+  assignment: langs.ExpertAssignment
+  sources: list
+  mesh_shape: dict
+
+
 def validate(c, num_devices: int | None = None) -> None:
   """Raise ConfigError on the first problem found. Cheap: no JAX compute."""
+  _check(c, num_devices)
+
+
+def _check(c, num_devices: int | None) -> _Checked:
   missing = [k for k in ("model", "moe", "data", "train", "mesh") if k not in c]
   if missing:
     raise ConfigError(f"config: not a training config (no {', '.join(missing)}); an eval config "
@@ -333,7 +349,7 @@ def validate(c, num_devices: int | None = None) -> None:
     raise _err("data.seq_len", f"{d.seq_len} exceeds config.model.max_position_embeddings="
                f"{m.max_position_embeddings}, the longest position RoPE is set up for; lower "
                "seq_len, or raise max_position_embeddings (and rope_theta) to extend the context")
-  _validate_data(c)
+  sources = _validate_data(c)
   if t.steps < 1:
     raise _err("train.steps", f"must be >= 1, got {t.steps}")
   if not 0 <= t.warmup_frac < 1:
@@ -343,6 +359,7 @@ def validate(c, num_devices: int | None = None) -> None:
       raise _err(f"train.{key}", f"must be >= 1, got {t[key]}")
   if t.on_nonfinite not in ("stop", "skip"):
     raise _err("train.on_nonfinite", f"{t.on_nonfinite!r}; use 'stop' or 'skip'")
+  shape = {}
   if num_devices is not None:
     shape = mesh_shape(c, num_devices)
     batch_shards = shape["data"] * shape["fsdp"] * shape["expert"]
@@ -360,9 +377,10 @@ def validate(c, num_devices: int | None = None) -> None:
         raise _err("mesh.tensor", f"tensor={tp} does not divide {key}={val}")
     if m.d_model % shape["fsdp"]:
       raise _err("mesh.fsdp", f"fsdp={shape['fsdp']} does not divide model.d_model={m.d_model}")
+  return _Checked(language_list(c), tuple(moe_layers), assignment, sources, shape)
 
 
-def _validate_data(c) -> None:
+def _validate_data(c) -> list[data_specs.SourceSpec]:
   d = c.data
   if d.on_error not in ("raise", "skip"):
     raise _err("data.on_error", f"{d.on_error!r}; use 'raise' or 'skip'")
@@ -380,7 +398,7 @@ def _validate_data(c) -> None:
   if d.num_threads < 0 or d.prefetch < 0:
     raise _err("data", f"num_threads and prefetch must be >= 0, got {d.num_threads}, {d.prefetch}")
   try:
-    source_specs(c)
+    return source_specs(c)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -400,7 +418,7 @@ def source_specs(c) -> list[data_specs.SourceSpec]:
   return out
 
 
-def data_spec(c, workdir: str) -> data_specs.DataSpec:
+def data_spec(c, workdir: str, *, sources=None) -> data_specs.DataSpec:
   """The data package's spec of a validated config. Built sources live in config.data.data_dir,
   or <workdir>/data: a run writes nothing outside its workdir unless told to (set
   data.data_dir to share one build between runs)."""
@@ -408,7 +426,7 @@ def data_spec(c, workdir: str) -> data_specs.DataSpec:
   data_dir = os.path.expanduser(d.data_dir) if d.data_dir else os.path.join(
       os.path.abspath(workdir), "data")
   return data_specs.DataSpec(
-      name=str(c.name), sources=tuple(source_specs(c)), languages=tuple(language_list(c)),
+      name=str(c.name), sources=tuple(source_specs(c) if sources is None else sources), languages=tuple(language_list(c)),
       custom_languages=_custom_languages(c), data_dir=data_dir, tokenizer=str(d.tokenizer),
       seq_len=int(d.seq_len), batch_size=int(d.batch_size), seed=int(c.seed),
       temperature=float(d.temperature), on_error=d.on_error,
@@ -547,12 +565,15 @@ def router_init_std(c) -> float:
   return float(c.moe.router_init_std)
 
 
-def model_spec(c) -> ModelSpec:
-  """The model's plain spec from a validated config."""
+def model_spec(c, *, moe_layers=None, assignment=None) -> ModelSpec:
+  """The model's plain spec from a validated config (moe_layers and the expert assignment
+  derived here unless given)."""
   m, moe = c.model, c.moe
-  moe_layers = parse_moe_layers(moe.layers, m.num_layers)
+  if moe_layers is None:
+    moe_layers = parse_moe_layers(moe.layers, m.num_layers)
   lang_list = language_list(c)
-  assignment = expert_assignment(c)
+  if assignment is None:
+    assignment = expert_assignment(c)
   original = set(_csv(c.languages.original))
   moe_spec = MoESpec(
       num_experts=moe.num_experts, top_k=moe.top_k, d_ff=moe.d_ff or m.d_ff,
@@ -573,6 +594,48 @@ def model_spec(c) -> ModelSpec:
       norm_eps=m.norm_eps, init_std=m.init_std, dtype=m.dtype, param_dtype=m.param_dtype,
       remat=m.remat, scan_unroll=int(m.scan_unroll), segments=segments_for(m.num_layers, moe_layers, int(moe.get("appended", 0))),
       moe=moe_spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A config resolved once: every module's own frozen spec, validated together. Modules take
+  their part (model, data, train), never the ConfigDict; `config` is kept for config.json."""
+  name: str
+  seed: int
+  languages: tuple[str, ...]      # config.languages.use; the order defines lang_id
+  model: ModelSpec                # with .moe
+  data: data_specs.DataSpec
+  train: TrainSpec
+  mesh_shape: dict                # axis -> size, every device covered ({} when not resolved)
+  upcycle_method: str = "none"
+  upcycle_from: str = ""          # a checkpoint to start a fresh run from; "" = random init
+  config: object = dataclasses.field(default=None, compare=False, repr=False)
+
+
+def train_spec(c) -> TrainSpec:
+  t, moe = c.train, c.moe
+  return TrainSpec(
+      steps=int(t.steps), lr=t.lr, warmup_frac=t.warmup_frac, min_lr_ratio=t.min_lr_ratio,
+      weight_decay=t.weight_decay, b1=t.b1, b2=t.b2, eps=t.eps, grad_clip=t.grad_clip,
+      freeze=tuple(freeze_items(c)), freeze_experts=frozen_experts(c),
+      log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
+      keep_checkpoints=int(t.keep_checkpoints), async_checkpoint=bool(t.async_checkpoint),
+      on_nonfinite=t.on_nonfinite, lb_loss_weight=moe.lb_loss_weight,
+      z_loss_weight=moe.z_loss_weight, lpr_loss_weight=moe.lpr_loss_weight)
+
+
+def resolve(c, *, workdir: str = "", num_devices: int | None = None) -> Run:
+  """Validate `c` (ConfigError naming the key on the first problem) and derive every spec once.
+  `workdir` places the default data directory; `num_devices` resolves the mesh shape."""
+  checked = _check(c, num_devices)
+  up = c.get("upcycle", None)
+  return Run(
+      name=str(c.name), seed=int(c.seed), languages=tuple(checked.languages),
+      model=model_spec(c, moe_layers=checked.moe_layers, assignment=checked.assignment),
+      data=data_spec(c, workdir, sources=checked.sources), train=train_spec(c),
+      mesh_shape=checked.mesh_shape,
+      upcycle_method=up.method if up is not None else "none",
+      upcycle_from=up["from"] if up is not None else "", config=c)
 
 
 def to_json(c) -> str:

@@ -31,8 +31,14 @@ LOGICAL_RULES = (
 
 
 def make_mesh(config, devices=None) -> Mesh:
+  """The mesh of config.mesh over `devices` (default: all)."""
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(config, len(devices))
+  return mesh_of_shape(mesh_shape(config, len(devices)), devices)
+
+
+def mesh_of_shape(shape: dict, devices=None) -> Mesh:
+  """The mesh of a resolved shape (axis -> size, covering `devices`, default all)."""
+  devices = list(devices if devices is not None else jax.devices())
   dims = tuple(shape[a] for a in MESH_AXES)
   try:
     dev_array = jax.experimental.mesh_utils.create_device_mesh(dims, devices=devices)

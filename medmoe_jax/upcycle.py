@@ -322,11 +322,11 @@ def abstract_params(spec: ModelSpec, mesh=None):
                       pure, shardings)
 
 
-def initial_params(config, spec: ModelSpec, fresh, mesh, param_shardings):
-  """The first params of a run initialised from config.upcycle["from"]: the source's params
-  unchanged (method "none": e.g. MoE-LPR stage 2 from stage 1) or upcycled from a dense source.
-  `fresh` (the run's random init, sharded) supplies new parameters and is consumed."""
-  method, src = config.upcycle.method, config.upcycle["from"]
+def initial_params(method: str, src: str, spec: ModelSpec, fresh, mesh, param_shardings):
+  """The first params of a run initialised from checkpoint `src` (config.upcycle["from"]): the
+  source's params unchanged (method "none": e.g. MoE-LPR stage 2 from stage 1) or upcycled
+  (config.upcycle.method) from a dense source. `fresh` (the run's random init, sharded)
+  supplies new parameters and is consumed."""
   source_spec = spec if method == "none" else dense_spec(spec)
   loaded, step = load_params(src, abstract_params(source_spec, mesh))
   if method == "none":

@@ -54,15 +54,14 @@ class Trainer:
     """Model, optimizer and jitted step (setup_step), then this process's data and the
     checkpointer."""
     self.setup_step()
-    c = self.config
     faults.check_workdir(self.workdir)  # before the data build and the first compile
     faults.check_free_space(self.workdir, sum(x.size * x.dtype.itemsize
                                               for x in jax.tree.leaves(self.abstract_state)))
     self._setup_data()
     # Every process writes its own parts of a checkpoint to the same (shared) directory.
+    t = self.run_spec.train
     self.checkpointer = Checkpointer(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"),
-                                     keep=c.train.keep_checkpoints,
-                                     async_save=c.train.async_checkpoint)
+                                     keep=t.keep_checkpoints, async_save=t.async_checkpoint)
     self.checkpointer.check_compatible(self.abstract_state)  # metadata only, before compute
     if jax.process_count() > 1:
       # Compile, then meet: no process should sit in the first step's collectives while another
@@ -73,18 +72,17 @@ class Trainer:
 
   def _setup_data(self):
     """The tokenizer and this process's shard of the global batch stream."""
-    c = self.config
-    self.tokenizer = load_tokenizer(c.data.tokenizer)
+    data = self.run_spec.data
+    self.tokenizer = load_tokenizer(data.tokenizer)
     if self.tokenizer.vocab_size > self.spec.vocab_size:
       raise cfg_lib.ConfigError(
           f"config.model.vocab_size={self.spec.vocab_size} is smaller than the tokenizer's "
-          f"vocabulary ({self.tokenizer.vocab_size}, {c.data.tokenizer}); raise it")
-    data = cfg_lib.data_spec(c, self.workdir)
+          f"vocabulary ({self.tokenizer.vocab_size}, {data.tokenizer}); raise it")
     # Several processes may share a disk: process 0 builds the dataset, the others then read it.
     multi = jax.process_count() > 1
     if multi and jax.process_index() != 0:
       barrier("medmoe_jax: dataset built")
-    shard_index, shard_count = data_shard(self.mesh, c.data.batch_size)
+    shard_index, shard_count = data_shard(self.mesh, data.batch_size)
     try:
       self.dataset = corpus.train_dataset(data, self.tokenizer, shard_index, shard_count)
     except UnicodeDecodeError as e:  # the codec's message names no file
@@ -97,21 +95,22 @@ class Trainer:
   def setup_step(self):
     """Spec, mesh, shardings, optimizer and the jitted train step; reads no data, writes no
     file (the dry run stops here and compiles `train_step` on abstract inputs)."""
-    c = self.config
-    cfg_lib.validate(c, self.mesh.size if self.mesh is not None else jax.device_count())
-    self.spec = cfg_lib.model_spec(c)
-    self.languages = cfg_lib.language_list(c)
+    run = self.run_spec = cfg_lib.resolve(
+        self.config, workdir=self.workdir,
+        num_devices=self.mesh.size if self.mesh is not None else jax.device_count())
+    self.spec = run.model
+    self.languages = list(run.languages)
     if self.mesh is None:
-      self.mesh = sharding.make_mesh(c)
+      self.mesh = sharding.mesh_of_shape(run.mesh_shape)
 
     # Model and optimizer, initialised directly into their shardings.
     abstract_model = nnx.eval_shape(lambda: Transformer(self.spec, rngs=nnx.Rngs(0)))
     self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     param_shardings = sharding.state_shardings(abstract_params, self.mesh)
-    freeze = [p.strip() for p in str(c.train.freeze).split(",") if p.strip()]
-    self.tx, self.labels = optim.make_optimizer(c.train, nnx.to_pure_dict(abstract_params), freeze)
+    self.tx, self.labels = optim.make_optimizer(run.train, nnx.to_pure_dict(abstract_params),
+                                                list(run.train.freeze))
 
-    seed = int(c.seed)
+    seed = run.seed
 
     def init_state():
       model = Transformer(self.spec, rngs=nnx.Rngs(seed))
@@ -125,7 +124,8 @@ class Trainer:
     self.abstract_state = abstract_with_shardings(abstract_state, self.state_shardings)
     self._init_state = jax.jit(init_state, out_shardings=self.state_shardings)
 
-    weights = step_lib.LossWeights(c.moe.lb_loss_weight, c.moe.z_loss_weight, c.moe.lpr_loss_weight)
+    t = run.train
+    weights = step_lib.LossWeights(t.lb_loss_weight, t.z_loss_weight, t.lpr_loss_weight)
     train_step = step_lib.make_train_step(self.graphdef, self.tx, weights, len(self.languages))
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.train_step = jax.jit(sharding.on_mesh(train_step, self.mesh), donate_argnums=0,
@@ -136,7 +136,7 @@ class Trainer:
   def abstract_step_inputs(self):
     """(state, batch, rng) as ShapeDtypeStructs with their shardings: train_step's arguments,
     for compiling ahead of time (dry run, multi-process start)."""
-    b, s = int(self.config.data.batch_size), int(self.config.data.seq_len)
+    b, s = self.run_spec.data.batch_size, self.run_spec.data.seq_len
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32, sharding=self.batch_sharding)
              for k in ("tokens", "segment_ids", "positions", "lang_ids", "loss_mask")}
     key = jax.eval_shape(lambda: jax.random.key(0))
@@ -151,12 +151,13 @@ class Trainer:
     latest = self.checkpointer.latest_step()
     if latest is None:
       state = self._init_state()
-      up = self.config.get("upcycle", None)
-      if up is not None and up["from"]:
+      run = self.run_spec
+      if run.upcycle_from:
         # A fresh run that starts from another checkpoint's params (upcycled from a dense model,
         # or as they are), with a fresh optimizer state (Adam's init does not read the values).
         state = state._replace(params=upcycle.initial_params(
-            self.config, self.spec, state.params, self.mesh, self.state_shardings.params))
+            run.upcycle_method, run.upcycle_from, self.spec, state.params, self.mesh,
+            self.state_shardings.params))
       return state, iterator
     state, data_state, step = self.checkpointer.restore(self.abstract_state)
     data_state = dict(data_state or {})
@@ -176,19 +177,22 @@ class Trainer:
     ("skip"); a failed save is reported and training goes on, but a failed last save raises
     CheckpointSaveError.
     """
-    c = self.config
+    # The loop's policies (steps, logging, saving, non-finite handling) are read when it starts,
+    # not compiled in: one set-up trainer can run under changed ones.
+    self.run_spec = dataclasses.replace(self.run_spec, train=cfg_lib.train_spec(self.config))
+    run, t = self.run_spec, self.run_spec.train
     self._write_config()
     guard = faults.PreemptionGuard()
     with guard:  # from here on SIGTERM/SIGINT mean "checkpoint, then stop"
       state, iterator = self.initial_state()
       start = int(jax.device_get(state.step))
       truncate_after(self.workdir, start)
-      total = int(c.train.steps) if stop_at is None else min(int(c.train.steps), stop_at)
-      rng = jax.random.key(int(c.seed) + 1)
-      window = MetricWindow(self.languages, count_skips=c.train.on_nonfinite == "skip")
+      total = t.steps if stop_at is None else min(t.steps, stop_at)
+      rng = jax.random.key(run.seed + 1)
+      window = MetricWindow(self.languages, count_skips=t.on_nonfinite == "skip")
       if getattr(self, "restored_window", None):
         window.set_state(self.restored_window)
-      log = _Log(self.workdir, c.name, start, total, progress)
+      log = _Log(self.workdir, run.name, start, total, progress)
       step = start
       try:
         while step < total:
@@ -199,10 +203,10 @@ class Trainer:
           state, metrics = self.train_step(state, sharding.global_batch(batch, self.mesh), rng)
           step += 1
           self._count_step(step, jax.device_get(metrics), window)  # the one host sync per step
-          if step % c.train.log_every == 0 or step == total:
+          if step % t.log_every == 0 or step == total:
             log.write(step, window.summary(), float(self._lr(step)))
           log.bar.update(1)
-          if step % c.train.checkpoint_every == 0 or step == total:
+          if step % t.checkpoint_every == 0 or step == total:
             self._save(step, state, iterator, window)
         self._check_final_save(step)
       finally:
@@ -232,7 +236,7 @@ class Trainer:
     state is never saved) or is counted as skipped ("skip": the jitted step dropped it)."""
     if m.pop("nonfinite") > 0:
       loss, gnorm = float(m["total_loss"]), float(m["grad_norm"])
-      if self.config.train.on_nonfinite != "skip":
+      if self.run_spec.train.on_nonfinite != "skip":
         ckpt = self.checkpointer
         ckpt.wait()  # let the last good save commit; this step's state is never saved
         latest = ckpt.latest_step()
@@ -258,7 +262,7 @@ class Trainer:
           "and run the same command again to redo the steps since")
 
   def _lr(self, step):
-    return optim.lr_schedule(self.config.train)(step)
+    return optim.lr_schedule(self.run_spec.train)(step)
 
   def close(self):
     self.checkpointer.close()
@@ -315,7 +319,7 @@ def train(c, workdir: str | None = None, *, logdir: str | None = None):
   state = trainer.run()
   trainer.close()
   if lead:
-    print(f"done: {c.train.steps} steps; checkpoints, metrics.jsonl and tensorboard in {workdir}")
+    print(f"done: {trainer.run_spec.train.steps} steps; checkpoints, metrics.jsonl and tensorboard in {workdir}")
   return state
 
 
