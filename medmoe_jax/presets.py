@@ -16,6 +16,6 @@ MODEL_SIZES = {
                d_ff=18944, tie_embeddings=False, rope_theta=1000000.0, norm_eps=1e-6),
 }
 
-# The paper's training settings (Apollo-MoE sec. training; ../shared/reference/methods.md) for the
+# The paper's training settings (Apollo-MoE, arXiv 2410.10626, its training setup) for the
 # real sizes: bf16, packed 4096-token rows, 32 rows a step, lr 1e-4, remat.
 PAPER_TRAINING = dict(seq_len=4096, batch_size=32, lr=1e-4, dtype="bfloat16", remat="save_dots")

@@ -47,7 +47,7 @@ def tiny_config():
 
 
 def pytest_configure(config):
-  # Identical computations (same config, new Trainer) compile once per test session.
+  # Identical computations (same config, new Trainer) compile once per pytest run.
   import tempfile
 
   import jax

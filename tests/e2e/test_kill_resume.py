@@ -3,7 +3,7 @@ async checkpoint save, then preempted (SIGTERM), and restarted with the same com
 ends with exactly the parameters and metrics history of a run that was never interrupted.
 
 Each `python -m medmoe_jax.train` pays imports and tracing (~5-10 s of CPU); the compiled
-programs come from the persistent compilation cache shared with the test session, and the
+programs come from the persistent compilation cache shared with the pytest run, and the
 reference run goes in parallel with the interrupted ones.
 """
 from __future__ import annotations
