@@ -17,13 +17,12 @@ import ml_collections
 
 from medmoe_jax import languages as langs
 from medmoe_jax.data import specs as data_specs
-from medmoe_jax.model.spec import (BACKENDS, GROUPED_MATMULS, LANGUAGE_ROUTING, ModelSpec, MoESpec,
-                                   parse_moe_layers, segments_for)
+from medmoe_jax.model.spec import (BACKENDS, BATCH_MESH_AXES, GROUPED_MATMULS, LANGUAGE_ROUTING,
+                                   MESH_AXES, ModelSpec, MoESpec, parse_moe_layers, segments_for)
 from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
 from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.training.spec import TrainSpec
 
-MESH_AXES = ("data", "fsdp", "expert", "tensor")
 SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", "it", "pt",
                     "vi", "th", "sw", "ha", "mg", "ceb", "he", "uk")
 
@@ -362,7 +361,7 @@ def _check(c, num_devices: int | None) -> _Checked:
   shape = {}
   if num_devices is not None:
     shape = mesh_shape(c, num_devices)
-    batch_shards = shape["data"] * shape["fsdp"] * shape["expert"]
+    batch_shards = math.prod(shape[a] for a in BATCH_MESH_AXES)
     if d.batch_size % batch_shards:
       raise _err("data.batch_size", f"{d.batch_size} is not divisible by the batch shards "
                  f"data*fsdp*expert={batch_shards}; make it a multiple of {batch_shards}")

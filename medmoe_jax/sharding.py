@@ -11,7 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from medmoe_jax.config import MESH_AXES, mesh_shape
-from medmoe_jax.model.layers import BATCH_MESH_AXES
+from medmoe_jax.model.spec import BATCH_MESH_AXES
 from medmoe_jax.treepath import path_keys
 
 BATCH_AXES = BATCH_MESH_AXES

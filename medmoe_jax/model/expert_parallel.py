@@ -24,10 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-# Mesh axis names; they mirror medmoe_jax.sharding (tested), which the model may not import.
-BATCH_AXES = ("data", "fsdp", "expert")
-EXPERT_AXIS = "expert"
-TENSOR_AXIS = "tensor"
+from medmoe_jax.model.spec import BATCH_MESH_AXES as BATCH_AXES, EXPERT_AXIS, TENSOR_AXIS
 
 
 class ExpertAxis(NamedTuple):

@@ -11,15 +11,14 @@ import numpy as np
 from jax import lax
 from flax import nnx
 
-from medmoe_jax.model.spec import ModelSpec
+from medmoe_jax.model.spec import BATCH_MESH_AXES, ModelSpec
 
 # Parameter sharding is applied by jitting the initialiser with out_shardings derived from these
 # logical names (sharding.py); Flax's eager sharding would require a mesh inside the model.
 nnx.use_eager_sharding(False)
 
 
-# Mesh axes a batch is split over (medmoe_jax.sharding.BATCH_AXES reads it from here).
-BATCH_MESH_AXES = ("data", "fsdp", "expert")
+# Mesh axes a batch is split over (model/spec.py; medmoe_jax.sharding.BATCH_AXES is the same).
 
 
 def _batch_axes(mesh) -> tuple[str, ...]:

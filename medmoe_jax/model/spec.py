@@ -12,6 +12,14 @@ from typing import Literal
 # fused with the base hidden state by a learned gate that starts closed (see transformer.py).
 SegmentKind = Literal["dense", "moe", "appended"]
 
+# The device mesh's axes (medmoe_jax.sharding builds the mesh; the model only names them): data
+# (pure data parallel), fsdp (data parallel + parameter sharding), expert (experts' weights; the
+# batch is split over it too), tensor (heads / FFN width).
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_MESH_AXES = ("data", "fsdp", "expert")  # the axes a batch is split over
+EXPERT_AXIS = "expert"
+TENSOR_AXIS = "tensor"
+
 # The allowed values of the MoE settings; config validation and the model read these lists.
 LANGUAGE_ROUTING = ("hybrid", "hard", "specific", "none")
 BACKENDS = ("auto", "dropless", "capacity", "dense")  # "auto" = "dropless"
