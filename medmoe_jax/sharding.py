@@ -12,7 +12,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from medmoe_jax.config import MESH_AXES, mesh_shape
 from medmoe_jax.model.spec import BATCH_MESH_AXES
-from medmoe_jax.treepath import path_keys
 
 BATCH_AXES = BATCH_MESH_AXES
 
@@ -80,22 +79,23 @@ def state_shardings(abstract_state, mesh: Mesh, rules=LOGICAL_RULES):
   return jax.tree.map(to_sharding, nnx.to_pure_dict(pspecs), nnx.to_pure_dict(abstract_state))
 
 
-def shard_like_params(opt_state, param_shardings, default):
-  """Optimizer state -> shardings: a leaf whose tree path ends with a parameter's path (Adam's
-  mu/nu mirror the params' tree) gets that parameter's sharding, everything else `default`."""
-  flat_params = {tuple(path_keys(p)): s
-                 for p, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
-
-  def pick(path, leaf):
-    keys = tuple(path_keys(path))
-    for n in range(len(keys)):
-      if keys[n:] in flat_params and flat_params[keys[n:]] is not None:
-        s = flat_params[keys[n:]]
-        if len(s.spec) <= leaf.ndim:
-          return s
-    return default
-
-  return jax.tree_util.tree_map_with_path(pick, opt_state)
+def optimizer_shardings(tx_init, abstract_params, param_shardings, mesh: Mesh):
+  """The optimizer state's shardings, derived from the parameters': `tx_init` is traced
+  (jax.eval_shape, nothing computed) on parameters that carry their shardings on an explicit
+  copy of the mesh, so every moment comes out sharded like the parameter it was made from.
+  Leaves not made from a parameter (step counts) are replicated."""
+  explicit = jax.sharding.AbstractMesh(
+      tuple(mesh.shape.values()), tuple(mesh.axis_names),
+      axis_types=(jax.sharding.AxisType.Explicit,) * len(mesh.axis_names))
+  args = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(explicit, s.spec)),
+      abstract_params, param_shardings)
+  with jax.sharding.use_abstract_mesh(explicit):
+    state = jax.eval_shape(tx_init, args)
+  repl = replicated(mesh)
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, x.sharding.spec) if getattr(x, "sharding", None) else repl,
+      state)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -119,7 +119,8 @@ class Trainer:
 
     abstract_state = jax.eval_shape(init_state)
     repl = sharding.replicated(self.mesh)
-    opt_shardings = sharding.shard_like_params(abstract_state.opt_state, param_shardings, repl)
+    opt_shardings = sharding.optimizer_shardings(self.tx.init, abstract_state.params,
+                                                 param_shardings, self.mesh)
     self.state_shardings = step_lib.TrainState(repl, param_shardings, opt_shardings)
     self.abstract_state = abstract_with_shardings(abstract_state, self.state_shardings)
     self._init_state = jax.jit(init_state, out_shardings=self.state_shardings)
