@@ -120,6 +120,7 @@ def test_post_moe_param_shapes(tiny_config):
   assert moe["ffn"]["router"].shape == (2, 64, 7)
 
 
+@pytest.mark.e2e  # whole train steps compiled: minutes on 2 cores
 @pytest.mark.parametrize("unroll", [0, 2])
 def test_unrolled_scan_equals_rolled_scan(tiny_config, unroll):
   """config.model.scan_unroll changes how the layer scan is compiled, not what it computes: two
