@@ -455,7 +455,7 @@ def loss_summary(hist: list[dict]) -> dict:
 
 def evaluate(name: str, s: Settings, out: str, seed: int, mesh, clock: Clock,
              progress: bool) -> dict:
-  from medmoe_jax.eval import Evaluator
+  from medmoe_jax.evaluation.evaluator import Evaluator
   eval_dir = os.path.join(seed_dir(out, seed), "eval", name)
   run_dir = os.path.join(seed_dir(out, seed), "runs", name)
   with clock.phase(f"seed {seed}: eval {name}"):
