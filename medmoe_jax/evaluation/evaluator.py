@@ -1,16 +1,6 @@
-"""The evaluation of a run's checkpoints (`python -m medmoe_jax.eval` calls `run`).
-
-Evaluate: `python -m medmoe_jax.eval --config=configs/eval.py --config.checkpoint=DIR --workdir=OUT`.
-
-Evaluates a training checkpoint (DIR: the run's workdir or one of its checkpoints/<step>) on
-medical multiple choice (generative, the paper's protocol, and log-likelihood, lm-eval's),
-held-out perplexity per language, routing per language and layer, and, given
-`--config.baseline_checkpoint`, forgetting against a baseline. Writes OUT/results.json (every
-number, the configs, the step, the seed), OUT/report.md (tables and figures),
-OUT/figures/*.png and OUT/predictions/step_<N>/*.jsonl (each item's prompt size, output,
-extracted letter). With `--config.follow=True` it watches the run and evaluates every new
-checkpoint as it appears, appending to results.json; rerun, it skips steps already evaluated.
-"""
+"""The evaluation of a run's checkpoints: the Evaluator composes the tasks (multiple choice,
+held-out perplexity, routing, forgetting) of one run into one output directory.
+`python -m medmoe_jax.eval` (medmoe_jax/eval.py, which says what it writes) calls `run`."""
 from __future__ import annotations
 
 import datetime
