@@ -7,19 +7,14 @@ Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_paper_training, apply_size, base_config
 from medmoe_jax.languages import MAJOR_LANGUAGES
+from medmoe_jax.presets import apollo_moe
 
 
 def get_config(arg=None):
   c = base_config()
   c.name = "hybrid_k12"
   apply_size(c, arg or "tiny")
-  c.moe.layers = "last:2"
-  c.moe.num_experts = 12
-  c.moe.top_k = 2
-  c.moe.language_routing = "hybrid"
-  c.languages.table = "major12"
-  c.languages.assignment = "language"
+  apollo_moe(c, num_experts=12, table="major12", assignment="language")
   c.languages.use = list(MAJOR_LANGUAGES)
-  c.upcycle.method = "apollo"
   apply_paper_training(c)
   return c

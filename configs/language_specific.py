@@ -7,18 +7,13 @@ the language tag at inference; it cannot be exported as plain Qwen2-MoE).
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_paper_training, apply_size, base_config
+from medmoe_jax.presets import apollo_moe
 
 
 def get_config(arg=None):
   c = base_config()
   c.name = "language_specific"
   apply_size(c, arg or "tiny")
-  c.moe.layers = "last:2"
-  c.moe.num_experts = 7
-  c.moe.top_k = 1
-  c.moe.language_routing = "hard"
-  c.languages.table = "apollo50"
-  c.languages.assignment = "family"
-  c.upcycle.method = "apollo"
+  apollo_moe(c, top_k=1, routing="hard")
   apply_paper_training(c)
   return c

@@ -7,18 +7,13 @@ top-2 without renormalisation, hybrid-k routing (own-family expert forced during
 Sizes: tiny (default), small, 0.5b, 1.5b, 7b.
 """
 from medmoe_jax.config import apply_paper_training, apply_size, base_config
+from medmoe_jax.presets import apollo_moe
 
 
 def get_config(arg=None):
   c = base_config()
   c.name = "post_moe"
   apply_size(c, arg or "tiny")
-  c.moe.layers = "last:2"
-  c.moe.num_experts = 7
-  c.moe.top_k = 2
-  c.moe.language_routing = "hybrid"
-  c.languages.table = "apollo50"
-  c.languages.assignment = "family"
-  c.upcycle.method = "apollo"  # used when upcycle.from is set: every expert a copy of the FFN
+  apollo_moe(c)  # 7 family experts, top-2 not renormalised, hybrid-k
   apply_paper_training(c)
   return c

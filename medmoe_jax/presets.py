@@ -19,3 +19,17 @@ MODEL_SIZES = {
 # The paper's training settings (Apollo-MoE, arXiv 2410.10626, its training setup) for the
 # real sizes: bf16, packed 4096-token rows, 32 rows a step, lr 1e-4, remat.
 PAPER_TRAINING = dict(seq_len=4096, batch_size=32, lr=1e-4, dtype="bfloat16", remat="save_dots")
+
+
+def apollo_moe(c, *, num_experts: int = 7, top_k: int = 2, routing: str = "hybrid",
+               table: str = "apollo50", assignment: str = "family") -> None:
+  """Apollo-MoE (arXiv 2410.10626), what its variants share: MoE in the last 2 layers, one
+  expert per language family (or language), upcycled by copying the FFN into every expert when
+  config.upcycle.from is set."""
+  c.moe.layers = "last:2"
+  c.moe.num_experts = num_experts
+  c.moe.top_k = top_k
+  c.moe.language_routing = routing
+  c.languages.table = table
+  c.languages.assignment = assignment
+  c.upcycle.method = "apollo"  # used when upcycle.from is set: every expert a copy of the FFN
