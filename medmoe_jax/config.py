@@ -425,8 +425,8 @@ def data_spec(c, workdir: str, *, sources=None) -> data_specs.DataSpec:
   data_dir = os.path.expanduser(d.data_dir) if d.data_dir else os.path.join(
       os.path.abspath(workdir), "data")
   return data_specs.DataSpec(
-      name=str(c.name), sources=tuple(source_specs(c) if sources is None else sources), languages=tuple(language_list(c)),
-      custom_languages=_custom_languages(c), data_dir=data_dir, tokenizer=str(d.tokenizer),
+      name=str(c.name), sources=tuple(source_specs(c) if sources is None else sources),
+      languages=tuple(language_list(c)), custom_languages=_custom_languages(c), data_dir=data_dir, tokenizer=str(d.tokenizer),
       seq_len=int(d.seq_len), batch_size=int(d.batch_size), seed=int(c.seed),
       temperature=float(d.temperature), on_error=d.on_error,
       validation_every=int(d.validation_every), packing=d.packing,
