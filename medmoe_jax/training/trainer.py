@@ -18,6 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -57,17 +58,38 @@ class Trainer:
     faults.check_workdir(self.workdir)  # before the data build and the first compile
     faults.check_free_space(self.workdir, sum(x.size * x.dtype.itemsize
                                               for x in jax.tree.leaves(self.abstract_state)))
+    self._check_upcycle_source()
+    self.open_checkpointer()  # a damaged or mismatched checkpoint: found before the data build
     self._setup_data()
-    # Every process writes its own parts of a checkpoint to the same (shared) directory.
-    t = self.run_spec.train
-    self.checkpointer = Checkpointer(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"),
-                                     keep=t.keep_checkpoints, async_save=t.async_checkpoint)
-    self.checkpointer.check_compatible(self.abstract_state)  # metadata only, before compute
     if jax.process_count() > 1:
       # Compile, then meet: no process should sit in the first step's collectives while another
       # is still compiling (CPU collectives time out after 30 s).
       self.train_step = self.train_step.lower(*self.abstract_step_inputs()).compile()
+      self._init_state = self._init_state.lower().compile()  # its output spans processes too
       barrier("medmoe_jax: train step compiled")
+    return self
+
+  def _check_upcycle_source(self):
+    """A fresh run that starts from config.upcycle.from: a missing or damaged source fails here,
+    before the data build and the compile (a resumed run does not read it)."""
+    if not self.run_spec.upcycle_from:
+      return
+    ckpts = epath.Path(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"))
+    if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+      return
+    upcycle.find_step_dir(self.run_spec.upcycle_from)
+
+  def open_checkpointer(self):
+    """The checkpointer of self.workdir (or self.checkpoint_dir), its newest intact step found
+    (damaged newer ones moved aside) and checked against the config: metadata only, no compute."""
+    t = self.run_spec.train
+    # Every process writes its own parts of a checkpoint to the same (shared) directory.
+    self.checkpointer = Checkpointer(self.checkpoint_dir or os.path.join(self.workdir, "checkpoints"),
+                                     keep=t.keep_checkpoints, async_save=t.async_checkpoint)
+    if self.checkpointer.set_aside_damaged() is None and self.checkpointer.damaged_steps:
+      # Starting over would truncate metrics.jsonl: the user decides (the steps are kept).
+      raise self.checkpointer.no_intact_checkpoint_error()
+    self.checkpointer.check_compatible(self.abstract_state)
     return self
 
   def _setup_data(self):
@@ -165,7 +187,10 @@ class Trainer:
     self.restored_window = data_state.pop(CHECKPOINT_KEY, None)
     if data_state:
       iterator.set_state(data_state)
-    print(f"resuming from checkpoint step {step} in {self.checkpointer.directory}", flush=True)
+    newest = (f", the newest intact one (damaged: {', '.join(map(str, self.checkpointer.damaged_steps))})"
+              if self.checkpointer.damaged_steps else "")
+    print(f"resuming from checkpoint step {step} in {self.checkpointer.directory}{newest}",
+          flush=True)
     return state, iterator
 
   # --- The loop.
