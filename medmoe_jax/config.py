@@ -608,6 +608,7 @@ class Run:
   mesh_shape: dict                # axis -> size, every device covered ({} when not resolved)
   upcycle_method: str = "none"
   upcycle_from: str = ""          # a checkpoint to start a fresh run from; "" = random init
+  upcycle_shared_from_dense: bool = False  # upcycle.shared_expert="dense": a copy of the FFN
   config: object = dataclasses.field(default=None, compare=False, repr=False)
 
 
@@ -619,8 +620,8 @@ def train_spec(c) -> TrainSpec:
       freeze=tuple(freeze_items(c)), freeze_experts=frozen_experts(c),
       log_every=int(t.log_every), checkpoint_every=int(t.checkpoint_every),
       keep_checkpoints=int(t.keep_checkpoints), async_checkpoint=bool(t.async_checkpoint),
-      on_nonfinite=t.on_nonfinite, lb_loss_weight=moe.lb_loss_weight,
-      z_loss_weight=moe.z_loss_weight, lpr_loss_weight=moe.lpr_loss_weight)
+      on_nonfinite=t.on_nonfinite, lb_loss_weight=lb_weight_per_choice(c),
+      z_loss_weight=float(moe.z_loss_weight), lpr_loss_weight=float(moe.lpr_loss_weight))
 
 
 def resolve(c, *, workdir: str = "", num_devices: int | None = None) -> Run:
@@ -634,7 +635,9 @@ def resolve(c, *, workdir: str = "", num_devices: int | None = None) -> Run:
       data=data_spec(c, workdir, sources=checked.sources), train=train_spec(c),
       mesh_shape=checked.mesh_shape,
       upcycle_method=up.method if up is not None else "none",
-      upcycle_from=up["from"] if up is not None else "", config=c)
+      upcycle_from=up["from"] if up is not None else "",
+      upcycle_shared_from_dense=up is not None and up.get("shared_expert", "fresh") == "dense",
+      config=c)
 
 
 def to_json(c) -> str:

@@ -322,17 +322,18 @@ def abstract_params(spec: ModelSpec, mesh=None):
                       pure, shardings)
 
 
-def initial_params(method: str, src: str, spec: ModelSpec, fresh, mesh, param_shardings):
+def initial_params(method: str, src: str, spec: ModelSpec, fresh, mesh, param_shardings, *,
+                   shared_from_dense: bool = False):
   """The first params of a run initialised from checkpoint `src` (config.upcycle["from"]): the
   source's params unchanged (method "none": e.g. MoE-LPR stage 2 from stage 1) or upcycled
   (config.upcycle.method) from a dense source. `fresh` (the run's random init, sharded)
-  supplies new parameters and is consumed."""
+  supplies new parameters and is consumed; shared_from_dense: a shared expert starts as a copy
+  of the dense FFN (config.upcycle.shared_expert="dense")."""
   source_spec = spec if method == "none" else dense_spec(spec)
   loaded, step = load_params(src, abstract_params(source_spec, mesh))
   if method == "none":
     params = loaded
   else:
-    shared_from_dense = config.upcycle.get("shared_expert", "fresh") == "dense"
     fn = jax.jit(functools.partial(upcycle, method, spec=spec, shared_from_dense=shared_from_dense),
                  out_shardings=param_shardings, donate_argnums=(1,))
     params = fn(loaded, fresh)

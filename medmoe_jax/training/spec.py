@@ -23,7 +23,8 @@ class TrainSpec:
   keep_checkpoints: int = 3
   async_checkpoint: bool = True
   on_nonfinite: str = "stop"            # "stop" | "skip"
-  # Router losses added to the loss (config.moe.*_loss_weight).
+  # Router losses added to the loss (config.moe.*_loss_weight; the load-balancing weight on our
+  # per-choice loss, whatever units the config gave it in).
   lb_loss_weight: float = 0.0
   z_loss_weight: float = 0.0
   lpr_loss_weight: float = 0.0

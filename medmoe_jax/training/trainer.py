@@ -180,7 +180,7 @@ class Trainer:
         # or as they are), with a fresh optimizer state (Adam's init does not read the values).
         state = state._replace(params=upcycle.initial_params(
             run.upcycle_method, run.upcycle_from, self.spec, state.params, self.mesh,
-            self.state_shardings.params))
+            self.state_shardings.params, shared_from_dense=run.upcycle_shared_from_dense))
       return state, iterator
     state, data_state, step = self.checkpointer.restore(self.abstract_state)
     data_state = dict(data_state or {})

@@ -10,6 +10,7 @@ from medmoe_jax.training.spec import TrainSpec
 def test_resolve_derives_every_spec_once(tmp_path):
   c = load_config("moe_lpr_stage2")
   c.mesh.update(dict(data=-1, fsdp=2))
+  c.data.replay_share = 0.5
   run = cfg_lib.resolve(c, workdir=str(tmp_path / "run"), num_devices=8)
   assert run.model == cfg_lib.model_spec(c)
   assert run.mesh_shape == {"data": 4, "fsdp": 2, "expert": 1, "tensor": 1}
@@ -18,8 +19,8 @@ def test_resolve_derives_every_spec_once(tmp_path):
   assert run.data.data_dir == str(tmp_path / "run" / "data")
   assert run.data.replay == (("en", "zh", "es"), 0.5)
   assert [s.name for s in run.data.sources] == ["sample"]
-  assert (run.train.freeze, run.train.lpr_loss_weight, run.train.steps) == (
-      ("preset:lpr_stage2",), 0.1, 100)
+  assert (run.train.freeze, run.train.lpr_loss_weight) == (("preset:lpr_stage2",), 0.1)
+  assert run.train.steps == c.train.steps
   assert (run.upcycle_method, run.upcycle_from) == ("none", "workdir/moe_lpr_stage1")
   with pytest.raises(Exception):
     run.train.steps = 3  # frozen
