@@ -230,7 +230,9 @@ class Trainer:
           step += 1
           self._count_step(step, jax.device_get(metrics), window)  # the one host sync per step
           if step % t.log_every == 0 or step == total:
-            log.write(step, window.summary(), float(self._lr(step)))
+            # The update that made `step` ran at the schedule's value for step - 1 (optax counts
+            # updates from 0): the first step's learning rate is warm-up's 0.
+            log.write(step, window.summary(), float(self._lr(step - 1)))
           log.bar.update(1)
           if step % t.checkpoint_every == 0 or step == total:
             self._save(step, state, iterator, window)
