@@ -124,7 +124,7 @@ def test_ne_from_the_official_data_loads_with_a_warning(caplog, tmp_path):
   f.write_text(json.dumps([{"text": "नेपाली पाठ"}], ensure_ascii=False), encoding="utf-8")
   c.data.sources = [{"paths": str(f), "lang": "from_path"}]
   c.data.data_dir = str(tmp_path / "data")
-  built = corpus.build_sources(c, str(tmp_path), log=None)
+  built = corpus.build_sources(cfg_lib.data_spec(c, str(tmp_path)), log=None)
   assert built[0].stats["documents"]["validation"] == {"ne": 1}
   # Explicitly refused: the earlier error.
   c.languages.paper_ne_alias = False
