@@ -1,8 +1,10 @@
 """Two real JAX processes (jax.distributed, local coordinator, 4 fake CPU devices each) train
-exactly like one process with 8 devices.
+exactly like one process with 8 devices on a different mesh.
 
-The 2-process run is the real CLI. Each process reads its own shard of the data, so the
-reference (this pytest process, 8 fake devices, same mesh) is fed the same global batches: the
+The 2-process run is the real CLI, with parameters sharded over fsdp=8 across both processes.
+The reference (this pytest process, 8 fake devices) runs another layout, data=2 x expert=2 x
+tensor=2, so a bug in either layout's collectives shows as a difference. Each process reads its
+own shard of the data, so the reference is fed the same global batches: the
 rows of shard 0 then the rows of shard 1, which is where make_array_from_process_local_data puts
 each process's rows on a mesh ordered by process.
 """
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_config
+from helpers import assert_tree_close
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import distributed, sharding
 from medmoe_jax.train import Trainer
@@ -25,12 +28,16 @@ STEPS = 3
 OVERRIDES = dict(d_model=64, num_heads=4, num_kv_heads=2, d_ff=128)
 
 
-def _config(data_dir):
+REFERENCE_MESH = dict(data=2, fsdp=1, expert=2, tensor=2)
+
+
+def _config(data_dir, mesh=None):
   c = load_config("post_moe")
   c.model.update(OVERRIDES)
+  c.moe.num_experts = 8  # 7 family experts + 1, so the reference's expert axis divides them
   c.data.update(dict(seq_len=32, batch_size=8, data_dir=str(data_dir)))
   c.train.update(dict(steps=STEPS, log_every=1, checkpoint_every=STEPS, async_checkpoint=False))
-  c.mesh.update(dict(data=1, fsdp=-1))  # parameters sharded across both processes
+  c.mesh.update(mesh or dict(data=1, fsdp=-1))  # default: parameters sharded across processes
   return c
 
 
@@ -39,7 +46,7 @@ def _flags(c):
   out += [f"--config.data.{k}={c.data[k]}" for k in ("seq_len", "batch_size", "data_dir")]
   out += [f"--config.train.{k}={c.train[k]}" for k in ("steps", "log_every", "checkpoint_every",
                                                        "async_checkpoint")]
-  return out + ["--config.mesh.data=1", "--config.mesh.fsdp=-1"]
+  return out + ["--config.moe.num_experts=8", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
 
 
 class _ShardsInOrder:
@@ -70,15 +77,15 @@ def _free_port() -> int:
 def reference(tmp_path_factory):
   from medmoe_jax.data import corpus
   root = tmp_path_factory.mktemp("multihost")
-  c = _config(root / "data")
+  c = _config(root / "data", REFERENCE_MESH)
   t = Trainer(c, str(root / "single")).setup()  # also builds the dataset the processes read
-  assert t.mesh.shape["fsdp"] == 8
+  assert dict(t.mesh.shape) == REFERENCE_MESH
   # Exactly what process i of 2 reads (Trainer.setup -> corpus.train_dataset with its shard).
   t.dataset = _ShardsInOrder([corpus.train_dataset(cfg_lib.data_spec(c, str(root / "single")), t.tokenizer, i, 2)
                               for i in range(2)])
   state = t.run(progress=False)
   t.close()
-  return root, c, _losses(root / "single"), jax.device_get(state.params)
+  return root, c, _losses(root / "single"), jax.device_get(state)
 
 
 def _losses(workdir):
@@ -87,7 +94,7 @@ def _losses(workdir):
 
 
 def test_two_processes_equal_one(reference):
-  root, c, ref_losses, ref_params = reference
+  root, c, ref_losses, ref_state = reference
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -97,7 +104,7 @@ def test_two_processes_equal_one(reference):
   procs = [subprocess.Popen(
       [sys.executable, "-m", "medmoe_jax.train", "--config=configs/post_moe.py",
        f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-       f"--process_id={i}", *_flags(c)],
+       f"--process_id={i}", *_flags(_config(root / "data"))],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   outs = []
@@ -119,7 +126,8 @@ def test_two_processes_equal_one(reference):
   assert len(ref_losses) == STEPS
 
   # Both processes wrote their parts of the checkpoint, each its own data position; it restores
-  # here (one process, same mesh) to the single-process run's parameters.
+  # here (one process, the 2-process run's fsdp mesh) to the reference run's parameters and
+  # Adam moments (which carry the gradients: a 1% gradient error moves them 1%).
   data_dir = workdir / "checkpoints" / str(STEPS) / "data"
   assert sorted(p.name for p in data_dir.glob("process_*.json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
@@ -132,7 +140,9 @@ def test_two_processes_equal_one(reference):
   # whose gradients are tiny (k_proj's bias: only RoPE keeps its gradient from vanishing). A
   # sharding or data bug moves parameters by a whole update (lr = 3e-3), far past 1e-5.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               jax.device_get(state.params), ref_params)
+               jax.device_get(state.params), ref_state.params)
+  assert_tree_close(jax.device_get(state.opt_state), ref_state.opt_state, rel=1e-4,
+                    what="2 processes vs 1, opt_state")
 
 
 def test_data_shard_follows_the_mesh():
