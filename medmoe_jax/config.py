@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
       # depth; 0 unrolls fully (no stacked activation buffers: 6% faster at the CPU benchmark
       # shape, BENCHMARKS.md, at the price of compile time growing with depth).
       scan_unroll=1,
+      # Sequence positions per chunk of the LM head + cross-entropy (0 = whole sequence): the
+      # loss holds [batch, loss_chunk, vocab] float32 logits at a time, never [batch, seq, vocab].
+      loss_chunk=512,
       # Longest position RoPE is meant for (Qwen2's pretraining context); data.seq_len above it
       # is refused. Raise it together with rope_theta when extending the context.
       max_position_embeddings=32768,
@@ -289,6 +292,10 @@ def _check(c, num_devices: int | None) -> _Checked:
   if not isinstance(m.scan_unroll, int) or isinstance(m.scan_unroll, bool) or m.scan_unroll < 0:
     raise _err("model.scan_unroll", f"{m.scan_unroll!r}; use an int >= 1 (layers per scan step) "
                "or 0 (fully unrolled)")
+  loss_chunk = m.get("loss_chunk", 512)
+  if not isinstance(loss_chunk, int) or isinstance(loss_chunk, bool) or loss_chunk < 0:
+    raise _err("model.loss_chunk", f"{loss_chunk!r}; use an int >= 1 (sequence positions per "
+               "chunk of the LM head and loss) or 0 (the whole sequence at once)")
   try:
     moe_layers = parse_moe_layers(moe.layers, m.num_layers)
   except ValueError as e:
@@ -591,7 +598,7 @@ def model_spec(c, *, moe_layers=None, assignment=None) -> ModelSpec:
       qkv_bias=bool(m.qkv_bias), tie_embeddings=bool(m.tie_embeddings), rope_theta=m.rope_theta,
       rope_scaling=rope_scaling_spec(m), qk_norm=bool(m.get("qk_norm", False)),
       norm_eps=m.norm_eps, init_std=m.init_std, dtype=m.dtype, param_dtype=m.param_dtype,
-      remat=m.remat, scan_unroll=int(m.scan_unroll), segments=segments_for(m.num_layers, moe_layers, int(moe.get("appended", 0))),
+      remat=m.remat, scan_unroll=int(m.scan_unroll), loss_chunk=int(m.get("loss_chunk", 512)), segments=segments_for(m.num_layers, moe_layers, int(moe.get("appended", 0))),
       moe=moe_spec)
 
 

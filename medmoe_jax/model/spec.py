@@ -80,6 +80,9 @@ class ModelSpec:
   param_dtype: str = "float32"  # storage dtype of parameters
   remat: Literal["none", "full", "save_dots"] = "none"
   scan_unroll: int = 1          # layers per scan iteration; 0 = fully unrolled
+  # Sequence positions per chunk of the LM head + cross-entropy in the training loss (0 = the
+  # whole sequence at once); bounds the logits held at once to [B, loss_chunk, V].
+  loss_chunk: int = 512
   # Homogeneous runs of blocks, each run executed as one scan: ((kind, count), ...).
   segments: tuple[tuple[SegmentKind, int], ...] = (("dense", 2), ("moe", 2))
   moe: MoESpec = dataclasses.field(default_factory=MoESpec)

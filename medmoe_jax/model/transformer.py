@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from medmoe_jax.model import chunked_head
 from medmoe_jax.model.layers import (MLP, Attention, RMSNorm, as_rows, attention_mask,
                                      cached_attention_mask, constrain_batch, dtype_of, embed_lookup,
                                      normal_init)
@@ -175,6 +176,17 @@ class Transformer(nnx.Module):
     rows = as_rows(h)
     out = self.embed.attend(rows) if self.spec.tie_embeddings else self.lm_head(rows)
     return out.astype(jnp.float32).reshape(*h.shape[:-1], -1)
+
+  def token_nll(self, h, targets):
+    """h: [B, S, D] final hidden states, targets: [B, S] int -> each target's float32 negative
+    log-likelihood [B, S], through the LM head a chunk of `spec.loss_chunk` positions at a time:
+    the full [B, S, V] logits are never held (model/chunked_head.py)."""
+    dt = dtype_of(self.spec.dtype)
+    if self.spec.tie_embeddings:
+      w, transposed = self.embed.embedding.value.astype(dt), True   # [V, D]
+    else:
+      w, transposed = self.lm_head.kernel.value.astype(dt), False   # [D, V]
+    return chunked_head.token_nll(h.astype(dt), w, targets, self.spec.loss_chunk, transposed)
 
   def __call__(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):
     """Returns (logits [B, S, V] float32, aux) where aux maps names to [num_moe_layers, ...]."""

@@ -41,26 +41,29 @@ def token_targets(batch):
   return targets, (same & (nxt > 0)).astype(jnp.float32)
 
 
-def lm_loss(logits, batch, num_langs: int):
-  """Mean next-token cross-entropy plus per-language sums for per-language loss."""
-  targets, w = token_targets(batch)
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, S] float32
-  total = jnp.sum(nll * w)
+def lm_loss(nll, batch, num_langs: int):
+  """nll: [B, S] float32 negative log-likelihood of each position's next token (its value where
+  the target weight is 0 is ignored). Mean next-token cross-entropy plus per-language sums for
+  per-language loss."""
+  _, w = token_targets(batch)
+  nll = nll * w
+  total = jnp.sum(nll)
   count = jnp.sum(w)
   stats = {"nll_sum": total, "tokens": count}
   if num_langs:
     lid = batch["lang_ids"]
     onehot = jax.nn.one_hot(jnp.where(lid >= 0, lid, num_langs), num_langs + 1)[..., :num_langs]
-    stats["lang_nll_sum"] = jnp.einsum("bs,bsl->l", nll * w, onehot)
+    stats["lang_nll_sum"] = jnp.einsum("bs,bsl->l", nll, onehot)
     stats["lang_tokens"] = jnp.einsum("bs,bsl->l", w, onehot)
   return total / jnp.maximum(count, 1.0), stats
 
 
 def forward_loss(params, graphdef, batch, rng, weights: LossWeights, num_langs: int, train=True):
   model = nnx.merge(graphdef, params)
-  logits, aux = model(batch["tokens"], batch["segment_ids"], batch["positions"],
-                      batch["lang_ids"], train=train, rng=rng)
-  ce, stats = lm_loss(logits, batch, num_langs)
+  h, aux = model.hidden_states(batch["tokens"], batch["segment_ids"], batch["positions"],
+                               batch["lang_ids"], train=train, rng=rng)
+  # The LM head and cross-entropy run in chunks: [B, S, V] logits are never materialised.
+  ce, stats = lm_loss(model.token_nll(h, token_targets(batch)[0]), batch, num_langs)
   loss = ce
   metrics = {"loss": ce, **stats}
   if aux:
