@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
       # sqrt(2 / (D + E)), torch's xavier_normal_, as MoE-LPR's code initialises its routers).
       router_init="normal", router_init_std=0.02,
       backend="auto",           # "auto" (= dropless) | "dropless" | "capacity" | "dense"
-      grouped_matmul="auto",    # dropless kernel: "auto" | "chunked" (CPU) | "megablox" (TPU) | "ragged_dot"
+      grouped_matmul="auto",    # dropless kernel: "auto" | "chunked" (CPU) | "megablox" (TPU) | "tokamax" (GPU) | "ragged_dot"
       # Capacity backend only. Hybrid-k sends a whole single-language row to one family expert,
       # so a per-row capacity below E/k drops tokens; 4.0 drops none at 7 experts top-2.
       capacity_factor_train=4.0, capacity_factor_eval=4.0, jitter=0.0,

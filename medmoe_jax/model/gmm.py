@@ -14,6 +14,12 @@
               group actually has. Work is about sum_e n_e rows, independent of the expert
               count, and each matmul is as large as the group allows. Loops are not
               differentiable, so the VJP is written out (same chunks, backwards).
+  tokamax     `tokamax.ragged_dot` (the optional `gpu` extra): Mosaic-GPU grouped GEMMs on
+              H100/B200, a Triton kernel on other NVIDIA GPUs, Mosaic on TPU; elsewhere (CPU,
+              tests) its XLA implementation, which is `lax.ragged_dot`. Its VJP is tokamax's own
+              (grouped matmuls for the input and the weight gradients). XLA's own ragged_dot on
+              GPU pads every group to the full row count and runs one dense cuBLAS call: about
+              as costly as every expert on every token.
 """
 from __future__ import annotations
 
@@ -37,13 +43,26 @@ def megablox_available() -> bool:
   return True
 
 
+def tokamax_available() -> bool:
+  try:
+    import tokamax  # noqa: F401
+  except Exception:  # not installed (the optional `gpu` extra), or built for another jax
+    return False
+  return True
+
+
 def default_impl(platform: str) -> str:
   """What `auto` means per platform (see BENCHMARKS.md): CPU -> chunked (measured fastest);
-  TPU -> megablox (the purpose-built kernel); GPU -> ragged_dot (not measured here)."""
+  TPU -> megablox (the purpose-built kernel); GPU -> tokamax (a real grouped GEMM) when it is
+  installed. Without it a GPU gets chunked: XLA's ragged_dot there is a zero-padded dense
+  matmul over every group (moe.resolve_backend then runs `auto` as the dense backend instead,
+  see there)."""
   if platform == "cpu":
     return "chunked"
   if platform == "tpu" and megablox_available():
     return "megablox"
+  if platform == "gpu":
+    return "tokamax" if tokamax_available() else "chunked"
   return "ragged_dot"
 
 
@@ -188,6 +207,8 @@ def grouped_swiglu(xb, layout: Layout, wi_gate, wi_up, wo, impl: str):
     return lax.ragged_dot(jax.nn.silu(g) * u, wd, gs).astype(dt)
   if impl == "megablox":
     return _megablox_swiglu(xb, wg, wu, wd, layout.sizes)
+  if impl == "tokamax":
+    return _tokamax_swiglu(xb, wg, wu, wd, layout.sizes)
   raise ValueError(f"grouped matmul {impl!r}; choose one of {IMPLS}")
 
 
@@ -213,6 +234,23 @@ def _megablox_swiglu(xb, wg, wu, wd, sizes):
   u = jnp.where(inside, gmm(xb, wu, (tm, tile(d), tile(f))), 0)
   h = jax.nn.silu(g) * u
   return jnp.where(inside, gmm(h, wd, (tm, tile(f), tile(d))), 0)
+
+
+def _tokamax_swiglu(xb, wg, wu, wd, sizes):
+  import tokamax
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    # tokamax reads its settings from absl flags and, when nothing has parsed them, parses
+    # sys.argv itself, which fails on any other program's arguments (pytest's, argparse's).
+    # `python -m medmoe_jax.train` parses them; elsewhere tokamax gets its defaults.
+    flags.FLAGS.mark_as_parsed()
+  # Rows past the last group are not the kernels' concern (the GPU kernels leave them as they
+  # are): zero them, as megablox's are, so nothing downstream reads undefined values.
+  inside = (jnp.arange(xb.shape[0]) < jnp.sum(sizes))[:, None]
+  # implementation=None: tokamax's best for the platform (Mosaic GPU, Triton, then XLA).
+  dot = lambda a, w: tokamax.ragged_dot(a, w, sizes)
+  h = jnp.where(inside, jax.nn.silu(dot(xb, wg)) * dot(xb, wu), 0)
+  return jnp.where(inside, dot(h, wd), 0).astype(xb.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -34,8 +34,21 @@ from medmoe_jax.model.layers import MLP, as_rows, dtype_of, normal_init
 from medmoe_jax.model.spec import BACKENDS, GROUPED_MATMULS, ModelSpec
 
 
-def resolve_backend(name: str) -> str:
+def resolve_backend(name: str, platform: str | None = None, grouped_matmul: str = "auto") -> str:
+  """`auto` is dropless, except on a GPU without tokamax (the `gpu` extra) when no grouped
+  matmul is named (grouped_matmul='auto'): there it is dense.
+  Both drop nothing and give the same outputs; the only grouped matmuls XLA has on GPU without
+  tokamax are ragged_dot (zero-pads every group to all rows: every expert's FLOPs on every row,
+  at a fraction of cuBLAS's speed, and an [E, rows, D]-sized buffer) and the chunked CPU loop
+  (dozens of small matmuls per layer, each behind a device-side loop step). The dense backend
+  does the same E/k x FLOPs as padded ragged_dot but as one [tokens, D] x [D, E * d_ff] cuBLAS
+  matmul per projection, with no sort and no gather. The capacity backend (MaxText's GPU path)
+  would do fewer FLOPs only by dropping tokens, which `auto` must not start doing because a
+  package is missing."""
   if name == "auto":
+    if (grouped_matmul == "auto" and (platform or jax.default_backend()) == "gpu"
+        and not gmm.tokamax_available()):
+      return "dense"
     return "dropless"
   if name not in BACKENDS:
     raise ValueError(f"config.moe.backend={name!r}; choose one of {BACKENDS}")
@@ -53,15 +66,23 @@ def resolve_grouped_matmul(name: str, platform: str | None = None) -> str:
 def kernel_note(m, platform: str) -> str | None:
   """A one-line note when MoESpec `m` runs a grouped-matmul kernel that is slow on `platform`
   (it works, only slowly; BENCHMARKS.md), else None."""
-  if resolve_backend(m.backend) != "dropless":
+  backend = resolve_backend(m.backend, platform, m.grouped_matmul)
+  if m.backend == "auto" and backend == "dense":
+    return ("note: config.moe.backend='auto' runs the dense backend on this GPU (every expert "
+            "on every token, exact): install tokamax (pip install 'medmoe_jax[gpu]') for a "
+            "grouped matmul over the routed tokens only")
+  if backend != "dropless":
     return None
   impl = resolve_grouped_matmul(m.grouped_matmul, platform)
   if impl == "megablox" and platform != "tpu":
     why = "runs in the Pallas interpreter off TPU: exact, but many times slower"
   elif impl == "chunked" and platform != "cpu":
     why = f"is the CPU kernel: on {platform} it runs as a loop of small matmuls"
-  elif impl == "ragged_dot" and platform == "cpu":
-    why = "on CPU computes every group over all rows: its cost grows with the expert count"
+  elif impl == "ragged_dot" and platform in ("cpu", "gpu"):
+    why = (f"on {platform.upper()} computes every group over all rows: its cost grows with the "
+           "expert count")
+  elif impl == "tokamax" and not gmm.tokamax_available():
+    why = "is not installed (pip install 'medmoe_jax[gpu]'); the step will fail to build"
   else:
     return None
   return (f"note: config.moe.grouped_matmul={impl!r} {why}; 'auto' picks "
@@ -282,7 +303,7 @@ def make_dispatch(m, seq_len: int, k: int, train: bool):
   whether shard_map may check its varying-axes types: megablox's pallas_call declares none
   (jax's kernel builds its output type without them), so under expert parallelism it runs
   unchecked."""
-  backend = resolve_backend(m.backend)
+  backend = resolve_backend(m.backend, None, m.grouped_matmul)
   if backend == "dense":
     return dense_dispatch, True
   if backend == "capacity":

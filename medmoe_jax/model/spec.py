@@ -23,7 +23,7 @@ TENSOR_AXIS = "tensor"
 # The allowed values of the MoE settings; config validation and the model read these lists.
 LANGUAGE_ROUTING = ("hybrid", "hard", "specific", "none")
 BACKENDS = ("auto", "dropless", "capacity", "dense")  # "auto" = "dropless"
-GROUPED_MATMUL_KERNELS = ("chunked", "ragged_dot", "megablox")
+GROUPED_MATMUL_KERNELS = ("chunked", "ragged_dot", "megablox", "tokamax")
 GROUPED_MATMULS = ("auto", *GROUPED_MATMUL_KERNELS)  # "auto": the platform's (gmm.default_impl)
 
 

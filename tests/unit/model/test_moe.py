@@ -73,7 +73,7 @@ def _grouped_case(sizes, d=8, f=16, seed=0):
   return jnp.asarray(x), w, layout, ct, reference
 
 
-@pytest.mark.parametrize("impl", ["chunked", "ragged_dot"])
+@pytest.mark.parametrize("impl", ["chunked", "ragged_dot", "tokamax"])
 def test_grouped_swiglu_matches_per_row_reference(impl):
   # Group sizes reach every chunk size, an empty group, tiny ones; 744 = 512 + one chunk of 256
   # that runs 24 rows into the next group (which its own expert then overwrites); 200 is one
@@ -160,15 +160,33 @@ def test_megablox_matches_ragged_dot():
 def test_auto_choices():
   assert moe.resolve_backend("auto") == "dropless"
   assert moe.resolve_grouped_matmul("auto", "cpu") == "chunked"
-  assert moe.resolve_grouped_matmul("auto", "gpu") == "ragged_dot"
+  assert gmm.tokamax_available()  # the test extra installs it
+  assert moe.resolve_grouped_matmul("auto", "gpu") == "tokamax"
+  assert moe.resolve_backend("auto", "gpu") == "dropless"
   assert moe.resolve_grouped_matmul("auto", "tpu") in ("megablox", "ragged_dot")
   with pytest.raises(ValueError, match="config.moe.backend"):
     moe.resolve_backend("sparse")
 
 
+def test_gpu_without_tokamax_never_runs_padded_ragged_dot(monkeypatch):
+  """XLA's ragged_dot on GPU pads every group to all rows: without tokamax, `auto` runs the
+  dense backend there (same outputs, one large matmul) and says so; an explicit dropless
+  backend gets the chunked kernel, with its note."""
+  monkeypatch.setattr(gmm, "tokamax_available", lambda: False)
+  assert moe.resolve_backend("auto", "gpu") == "dense"
+  assert moe.resolve_backend("auto", "cpu") == "dropless"
+  assert moe.resolve_backend("dropless", "gpu") == "dropless"
+  assert moe.resolve_grouped_matmul("auto", "gpu") == "chunked"
+  assert "runs the dense backend" in moe.kernel_note(MoESpec(), "gpu")
+  assert "loop of small matmuls" in moe.kernel_note(MoESpec(backend="dropless"), "gpu")
+  assert "not installed" in moe.kernel_note(MoESpec(grouped_matmul="tokamax"), "cpu")
+  assert "grows with the expert count" in moe.kernel_note(MoESpec(grouped_matmul="ragged_dot"),
+                                                          "gpu")
+
+
 def test_kernel_note_names_a_kernel_run_off_its_platform():
   assert "Pallas interpreter" in moe.kernel_note(MoESpec(grouped_matmul="megablox"), "cpu")
-  assert "'ragged_dot'" in moe.kernel_note(MoESpec(grouped_matmul="megablox"), "gpu")
+  assert "'tokamax'" in moe.kernel_note(MoESpec(grouped_matmul="megablox"), "gpu")
   assert "loop of small matmuls" in moe.kernel_note(MoESpec(grouped_matmul="chunked"), "gpu")
   for platform in ("cpu", "gpu", "tpu"):  # auto, or a kernel on its own platform: no note
     assert moe.kernel_note(MoESpec(), platform) is None
@@ -209,14 +227,16 @@ VARIANTS = {
     "dropless": ("dropless", "chunked", 4.0),  # what auto picks on CPU
     "ragged_dot": ("dropless", "ragged_dot", 4.0),  # auto on GPU
     "megablox": ("dropless", "megablox", 4.0),  # auto on TPU; here in the Pallas interpreter
+    "tokamax": ("dropless", "tokamax", 4.0),  # auto on GPU; here tokamax's XLA implementation
 }
 # Every backend on every mesh. megablox's shard_map is the one without varying-axes checks
 # (moe.make_dispatch), so its gradient sums come from shard_map's transpose: it runs on the two
 # meshes that together hold every axis those sums cross (fsdp + expert; data + expert + tensor).
 # Its kernel is the same on every mesh (test_megablox_matches_ragged_dot) and the expert-axis
 # exchange around it is the chunked kernel's, run on all five (off TPU it runs in the Pallas
-# interpreter, the costly part of this matrix).
-ON_MESHES = ("dense", "capacity_tight", "dropless", "ragged_dot")
+# interpreter, the costly part of this matrix). tokamax (its XLA implementation and its own VJP
+# here) runs on every mesh: it is the GPU kernel.
+ON_MESHES = ("dense", "capacity_tight", "dropless", "ragged_dot", "tokamax")
 
 
 # The same backends with a gated shared expert (Qwen2-MoE's layout) of its own width.
@@ -295,7 +315,7 @@ def _assert_close(got, want, what):
 @pytest.mark.parametrize("forced", [True, False])
 def test_backends_agree_when_nothing_dropped(single_device, forced):
   res = single_device[forced]
-  for name in ("capacity", "dropless", "ragged_dot", "megablox"):
+  for name in ("capacity", "dropless", "ragged_dot", "megablox", "tokamax"):
     assert float(res[name]["dropped"]) == 0.0, name
     _assert_close(res[name], res["dense"], f"{name} vs dense, forced={forced}")
   # The tight capacity really drops here, so the mesh tests below compare drops too.
