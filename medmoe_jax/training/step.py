@@ -41,7 +41,14 @@ def token_targets(batch):
   return targets, (same & (nxt > 0)).astype(jnp.float32)
 
 
-def lm_loss(nll, batch, num_langs: int):
+def lm_loss(logits, batch, num_langs: int):
+  """Mean next-token cross-entropy plus per-language sums for per-language loss, from full
+  logits [B, S, V] (the trainer computes the same from chunks: `nll_loss`)."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, token_targets(batch)[0])
+  return nll_loss(nll, batch, num_langs)
+
+
+def nll_loss(nll, batch, num_langs: int):
   """nll: [B, S] float32 negative log-likelihood of each position's next token (its value where
   the target weight is 0 is ignored). Mean next-token cross-entropy plus per-language sums for
   per-language loss."""
@@ -63,7 +70,7 @@ def forward_loss(params, graphdef, batch, rng, weights: LossWeights, num_langs: 
   h, aux = model.hidden_states(batch["tokens"], batch["segment_ids"], batch["positions"],
                                batch["lang_ids"], train=train, rng=rng)
   # The LM head and cross-entropy run in chunks: [B, S, V] logits are never materialised.
-  ce, stats = lm_loss(model.token_nll(h, token_targets(batch)[0]), batch, num_langs)
+  ce, stats = nll_loss(model.token_nll(h, token_targets(batch)[0]), batch, num_langs)
   loss = ce
   metrics = {"loss": ce, **stats}
   if aux:

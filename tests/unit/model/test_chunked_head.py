@@ -10,7 +10,7 @@ from flax import nnx
 from medmoe_jax import config as cfg_lib
 from medmoe_jax.model import Transformer, chunked_head
 from medmoe_jax.training import step as step_lib
-from tests.helpers import packed_batch
+from helpers import packed_batch
 
 
 def full_logits_loss(params, graphdef, batch, num_langs):
