@@ -5,7 +5,8 @@ Full float32 logits are [B, S, V]: 80 GB for the `0.5b` config's batch (32 x 409
 the final hidden states without ever holding more than one chunk's logits ([B, c, V]): the
 forward pass keeps only each token's log-normaliser, and the backward pass recomputes a chunk's
 logits to form its softmax gradient (one extra head matmul, the price of not storing them). The
-weight gradient accumulates over chunks in float32.
+weight gradient accumulates over chunks in float32. A sequence that fits in one chunk keeps its
+logits for the backward pass instead, as the unchunked loss did: no recompute.
 
 Chunks run along the sequence, so every chunk keeps the batch's sharding over the mesh.
 """
@@ -71,6 +72,13 @@ def _token_nll(h, w, targets, c, transposed):
 
 
 def _fwd(h, w, targets, c, transposed):
+  if _chunks(h, c) == 1:  # one chunk: keep its logits (no larger than a chunk) for the backward
+    logits = _logits(h, w, transposed)
+    top = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    shifted = logits - top
+    lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
+    label = jnp.take_along_axis(shifted, targets.reshape(-1, 1), axis=-1)[:, 0]
+    return (lse - label).reshape(targets.shape), (h, w, targets, jnp.exp(shifted - lse[:, None]))
   nll, lse = _forward(h, w, targets, c, transposed)
   return nll, (h, w, targets, lse)
 
@@ -78,6 +86,9 @@ def _fwd(h, w, targets, c, transposed):
 def _bwd(c, transposed, res, g):
   h, w, targets, lse = res
   b, _, d = h.shape
+  if _chunks(h, c) == 1:  # `lse` holds the only chunk's softmax
+    dh, dw = _chunk_grads(h, w, targets.reshape(-1), g.reshape(-1, 1), lse, transposed)
+    return dh, dw.astype(w.dtype), None
 
   def one(carry, _):
     i, dh, dw = carry
@@ -85,25 +96,31 @@ def _bwd(c, transposed, res, g):
     tc = lax.dynamic_slice_in_dim(targets, i * c, c, axis=1).reshape(-1)
     gc = lax.dynamic_slice_in_dim(g, i * c, c, axis=1).reshape(-1, 1)
     lc = lax.dynamic_slice_in_dim(lse, i * c, c, axis=1).reshape(-1, 1)
-    logits = _logits(hc, w, transposed)
-    p = jnp.exp(logits - lc)
-    onehot = lax.broadcasted_iota(jnp.int32, logits.shape, 1) == tc[:, None]
-    dlogits = (gc * (p - onehot)).astype(h.dtype)                     # [B*c, V]
-    rows = hc.reshape(-1, d)
-    if transposed:  # logits = rows @ w.T, w: [V, D]
-      dhc = dlogits @ w
-      dwc = lax.dot_general(dlogits, rows, (((0,), (0,)), ((), ())),
-                            preferred_element_type=jnp.float32)        # [V, D]
-    else:           # logits = rows @ w, w: [D, V]
-      dhc = lax.dot_general(dlogits, w, (((1,), (1,)), ((), ())))
-      dwc = lax.dot_general(rows, dlogits, (((0,), (0,)), ((), ())),
-                            preferred_element_type=jnp.float32)        # [D, V]
-    dh = lax.dynamic_update_slice_in_dim(dh, dhc.reshape(b, c, d).astype(dh.dtype), i * c, axis=1)
+    p = jnp.exp(_logits(hc, w, transposed) - lc)
+    dhc, dwc = _chunk_grads(hc, w, tc, gc, p, transposed)
+    dh = lax.dynamic_update_slice_in_dim(dh, dhc.astype(dh.dtype), i * c, axis=1)
     return (i + 1, dh, dw + dwc), None
 
   init = (0, jnp.zeros_like(h), jnp.zeros(w.shape, jnp.float32))
   (_, dh, dw), _ = lax.scan(one, init, None, length=_chunks(h, c))
   return dh, dw.astype(w.dtype), None
+
+
+def _chunk_grads(hc, w, tc, gc, p, transposed):
+  """Gradients of sum(g * nll) over one chunk: hc [B, c, D], tc [B*c] targets, gc [B*c, 1]
+  cotangents, p [B*c, V] float32 softmax. Returns dh [B, c, D] and the float32 dw."""
+  onehot = lax.broadcasted_iota(jnp.int32, p.shape, 1) == tc[:, None]
+  dlogits = (gc * (p - onehot)).astype(hc.dtype)                     # [B*c, V]
+  rows = hc.reshape(-1, hc.shape[-1])
+  if transposed:  # logits = rows @ w.T, w: [V, D]
+    dh = dlogits @ w
+    dw = lax.dot_general(dlogits, rows, (((0,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)        # [V, D]
+  else:           # logits = rows @ w, w: [D, V]
+    dh = lax.dot_general(dlogits, w, (((1,), (1,)), ((), ())))
+    dw = lax.dot_general(rows, dlogits, (((0,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)        # [D, V]
+  return dh.reshape(hc.shape), dw
 
 
 _token_nll.defvjp(_fwd, _bwd)
