@@ -16,7 +16,7 @@ with `;`-separated clauses:
     MODULE ARGS        append ARGS to every `python -m medmoe_jax.MODULE` line (train, eval, data,
                        data.synthetic, hf, ...): the overrides that make a block tiny
     set NAME=VALUE     replace NAME by VALUE in the block's commands (placeholders such as OUT)
-    skip REASON        do not run the block, and say why (it needs a TPU, a cluster, a download)
+    skip REASON        do not run the block, and say why (the rest of the marker is the reason)
 """
 import os
 import re
@@ -73,11 +73,13 @@ def _commands(text):
 def parse_marker(marker):
   """-> (module -> extra args, {placeholder: value}, skip reason or None)."""
   extra, subst, skip = {}, {}, None
-  for clause in filter(None, (c.strip() for c in (marker or "").split(";"))):
+  clauses = [c.strip() for c in (marker or "").split(";") if c.strip()]
+  for i, clause in enumerate(clauses):
     head, _, rest = clause.partition(" ")
-    if head == "skip":
-      skip = rest.strip() or "no reason given"
-    elif head == "set":
+    if head == "skip":  # the reason is the rest of the marker, semicolons included
+      skip = "; ".join([rest.strip(), *clauses[i + 1:]]).strip("; ") or "no reason given"
+      break
+    if head == "set":
       for item in shlex.split(rest):
         name, _, value = item.partition("=")
         subst[name] = value
@@ -106,8 +108,8 @@ def test_the_readmes_have_command_blocks_and_markers_parse():
     assert all(re.fullmatch(r"[\w.]+", k) for k in extra), f"{path}:{line}: {marker}"
   # The convention itself: brackets dropped, comments dropped, continuations joined.
   assert _commands(["python -m a --x=1 [--y=2] \\", "    --z=3   # note"]) == ["python -m a --x=1 --z=3"]
-  assert parse_marker("train --a=1 --b=2; set OUT=o DIR=d; skip needs a TPU") == (
-      {"train": "--a=1 --b=2"}, {"OUT": "o", "DIR": "d"}, "needs a TPU")
+  assert parse_marker("train --a=1 --b=2; set OUT=o DIR=d; skip needs a TPU; and a pod") == (
+      {"train": "--a=1 --b=2"}, {"OUT": "o", "DIR": "d"}, "needs a TPU; and a pod")
 
 
 @pytest.fixture(scope="module")
