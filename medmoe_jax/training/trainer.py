@@ -220,22 +220,36 @@ class Trainer:
         window.set_state(self.restored_window)
       log = _Log(self.workdir, run.name, start, total, progress)
       step = start
+      # The host never waits on the device between log points: each step's metrics stay on the
+      # device until a log step, a save or a stop fetches them (`_fetch`, where non-finite steps
+      # are found: before any save, so none is saved), and the next batch is read and sent to
+      # the devices while the current step runs.
+      self._pending = []
       try:
-        while step < total:
+        if step < total:
           if guard.should_stop(step):
             self._stop_for_preemption(guard, step, state, iterator, window)
-          batch = next(iterator)
-          log.count_tokens(batch)
-          state, metrics = self.train_step(state, sharding.global_batch(batch, self.mesh), rng)
+          batch = self._next_batch(iterator, log)
+        while step < total:
+          state, metrics = self.train_step(state, batch, rng)  # returns before the step runs
           step += 1
-          self._count_step(step, jax.device_get(metrics), window)  # the one host sync per step
+          self._pending.append((step, metrics))
           if step % t.log_every == 0 or step == total:
+            self._fetch(window)
             # The update that made `step` ran at the schedule's value for step - 1 (optax counts
             # updates from 0): the first step's learning rate is warm-up's 0.
             log.write(step, window.summary(), float(self._lr(step - 1)))
           log.bar.update(1)
           if step % t.checkpoint_every == 0 or step == total:
+            self._fetch(window)
             self._save(step, state, iterator, window)
+          if step < total:
+            # Once per step, before its batch is read, as multi-process preemption sync points
+            # must be reached; a save or a stop above has recorded the iterator's position.
+            if guard.should_stop(step):
+              self._stop_for_preemption(guard, step, state, iterator, window)
+            batch = self._next_batch(iterator, log)
+        self._fetch(window)
         self._check_final_save(step)
       finally:
         log.close()
@@ -246,8 +260,21 @@ class Trainer:
     if jax.process_index() == 0:
       fileio.write_atomic(os.path.join(self.workdir, "config.json"), cfg_lib.to_json(self.config))
 
+  def _next_batch(self, iterator, log):
+    """The next batch, its transfer to the devices started, its tokens counted."""
+    batch = next(iterator)
+    log.count_tokens(batch)
+    return sharding.global_batch(batch, self.mesh)
+
+  def _fetch(self, window):
+    """The metrics of the steps since the last fetch, in step order, into the log window."""
+    pending, self._pending = jax.device_get(self._pending), []
+    for step, m in pending:
+      self._count_step(step, m, window)
+
   def _stop_for_preemption(self, guard, step, state, iterator, window):
     """SIGTERM/SIGINT arrived: checkpoint this step (unless it already is), then stop."""
+    self._fetch(window)
     ckpt = self.checkpointer
     if ckpt.latest_step() != step:
       self._save(step, state, iterator, window)
