@@ -84,3 +84,17 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 5, dtype="float32") -> float:
 
 def emit(record: dict) -> None:
   print(json.dumps(record), flush=True)
+
+
+def random_batch(batch: int, seq: int, vocab_size: int, num_languages: int = 20) -> dict:
+  """A packed-looking batch of random tokens on the default device: one document a row, one
+  language a row (the shape every train-step benchmark feeds)."""
+  import jax.numpy as jnp
+  import numpy as np
+  r = np.random.RandomState(0)
+  b = dict(tokens=r.randint(4, vocab_size, (batch, seq)).astype(np.int32),
+           segment_ids=np.ones((batch, seq), np.int32),
+           positions=np.tile(np.arange(seq, dtype=np.int32), (batch, 1)),
+           lang_ids=r.randint(0, num_languages, (batch, 1)).repeat(seq, 1).astype(np.int32),
+           loss_mask=np.ones((batch, seq), np.int32))
+  return {k: jnp.asarray(v) for k, v in b.items()}

@@ -71,9 +71,8 @@ def time_steps(run, steps: int):
 
 def ours(kernel: str, batch: int, seq: int, steps: int) -> dict:
   import jax
-  import jax.numpy as jnp
-  import numpy as np
 
+  from bench.common import random_batch
   from bench.train_step import model_flops_per_token
   from medmoe_jax import config as cfg_lib
   from medmoe_jax.training.step import LossWeights, init_train_state, make_train_step
@@ -82,13 +81,7 @@ def ours(kernel: str, batch: int, seq: int, steps: int) -> dict:
   graphdef, state, tx = init_train_state(spec, c.train, seed=0)
   step = jax.jit(make_train_step(graphdef, tx, LossWeights(), len(cfg_lib.language_list(c))),
                  donate_argnums=0)
-  r = np.random.RandomState(0)
-  b = dict(tokens=r.randint(4, spec.vocab_size, (batch, seq)).astype(np.int32),
-           segment_ids=np.ones((batch, seq), np.int32),
-           positions=np.tile(np.arange(seq, dtype=np.int32), (batch, 1)),
-           lang_ids=r.randint(0, 20, (batch, 1)).repeat(seq, 1).astype(np.int32),
-           loss_mask=np.ones((batch, seq), np.int32))
-  b = {k: jnp.asarray(v) for k, v in b.items()}
+  b = random_batch(batch, seq, spec.vocab_size)
   rng = jax.random.key(0)
   holder = {"state": state}
 

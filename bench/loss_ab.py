@@ -18,7 +18,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import emit, machine_info, median_seconds  # noqa: E402
+from bench.common import emit, machine_info, median_seconds, random_batch  # noqa: E402
 from bench.train_step import MOE_LAST, NUM_EXPERTS, SHAPE, TOP_K  # noqa: E402
 
 
@@ -30,8 +30,6 @@ def full_logits_nll(self, h, targets):
 
 def build(loss: str, batch: int, seq: int):
   import jax
-  import jax.numpy as jnp
-  import numpy as np
 
   from medmoe_jax import config as cfg_lib
   from medmoe_jax.training import step as step_lib
@@ -44,13 +42,7 @@ def build(loss: str, batch: int, seq: int):
   graphdef, state, tx = step_lib.init_train_state(spec, c.train, seed=0)
   train_step = step_lib.make_train_step(graphdef, tx, step_lib.LossWeights(),
                                         len(cfg_lib.language_list(c)))
-  r = np.random.RandomState(0)
-  b = dict(tokens=r.randint(4, SHAPE["vocab_size"], (batch, seq)).astype(np.int32),
-           segment_ids=np.ones((batch, seq), np.int32),
-           positions=np.tile(np.arange(seq, dtype=np.int32), (batch, 1)),
-           lang_ids=r.randint(0, 20, (batch, 1)).repeat(seq, 1).astype(np.int32),
-           loss_mask=np.ones((batch, seq), np.int32))
-  b = {k: jnp.asarray(v) for k, v in b.items()}
+  b = random_batch(batch, seq, SHAPE["vocab_size"])
   rng = jax.random.key(0)
   step = jax.jit(train_step, donate_argnums=0)
   from medmoe_jax.model import Transformer

@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import (emit, machine_info, matmul_peak_gflops, median_seconds,  # noqa: E402
-                          single_thread_env, use_clock)
+                          random_batch, single_thread_env, use_clock)
 
 SHAPE = dict(vocab_size=8000, d_model=256, num_layers=8, num_heads=4, num_kv_heads=2, d_ff=1024)
 NUM_EXPERTS, TOP_K, MOE_LAST = 7, 2, 2
@@ -42,8 +42,6 @@ def model_flops_per_token(spec, seq: int) -> float:
 
 def ours(dense: bool, batch: int, seq: int, backend: str, scan_unroll: int = 1):
   import jax
-  import jax.numpy as jnp
-  import numpy as np
 
   from medmoe_jax import config as cfg_lib
   from medmoe_jax.training.step import LossWeights, init_train_state, make_train_step
@@ -59,13 +57,7 @@ def ours(dense: bool, batch: int, seq: int, backend: str, scan_unroll: int = 1):
   graphdef, state, tx = init_train_state(spec, c.train, seed=0)
   step = jax.jit(make_train_step(graphdef, tx, LossWeights(), len(cfg_lib.language_list(c))),
                  donate_argnums=0)
-  r = np.random.RandomState(0)
-  b = dict(tokens=r.randint(4, SHAPE["vocab_size"], (batch, seq)).astype(np.int32),
-           segment_ids=np.ones((batch, seq), np.int32),
-           positions=np.tile(np.arange(seq, dtype=np.int32), (batch, 1)),
-           lang_ids=r.randint(0, 20, (batch, 1)).repeat(seq, 1).astype(np.int32),
-           loss_mask=np.ones((batch, seq), np.int32))
-  b = {k: jnp.asarray(v) for k, v in b.items()}
+  b = random_batch(batch, seq, SHAPE["vocab_size"])
   rng = jax.random.key(0)
   holder = {"state": state}
 
