@@ -36,6 +36,8 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
+from medmoe_jax.evaluation import accuracy
+
 # --- The official templates, copied verbatim from src/prepare/data_process_test_qwen2.py.
 # pylint: disable=line-too-long,trailing-whitespace
 
@@ -352,6 +354,6 @@ def summarize(records: Sequence[dict], key: str = "correct",
   """Accuracy per source and per language as the official collection script computes them,
   and the unweighted means over major and minor languages. exclude_from_average: sources left out
   of the language averages (None: the official choice, LEFT_OUT_OF_AVERAGE)."""
-  from medmoe_jax.evaluation import mcq  # pylint: disable=g-import-not-at-top
-  return mcq.summarize(records, key, LEFT_OUT_OF_AVERAGE if exclude_from_average is None
-                       else exclude_from_average, unweighted_languages=UNWEIGHTED_LANGUAGES)
+  return accuracy.summarize(records, key, LEFT_OUT_OF_AVERAGE if exclude_from_average is None
+                            else exclude_from_average,
+                            unweighted_languages=UNWEIGHTED_LANGUAGES)

@@ -50,19 +50,8 @@ def _cycle(graph):
   return None
 
 
-# A cycle that is known and owed a fix (function-level imports both ways): the official Apollo
-# averages (evaluation/apollo.py) call mcq.summarize while mcq's protocol dispatch calls apollo.
-# Any other cycle fails.
-KNOWN = {frozenset({"medmoe_jax.evaluation.apollo", "medmoe_jax.evaluation.mcq"})}
-
-
 def test_no_import_cycles():
-  graph = _graph()
-  for pair in KNOWN:  # take the known cycle's edges out, then nothing may remain
-    a, b = sorted(pair)
-    graph[a].discard(b)
-    graph[b].discard(a)
-  assert _cycle(graph) is None
+  assert _cycle(_graph()) is None
 
 
 def test_the_check_finds_a_cycle():
