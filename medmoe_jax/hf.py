@@ -38,7 +38,6 @@ backend drops tokens over `capacity_factor_eval`, so compare with enough capacit
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -47,6 +46,7 @@ import sys
 
 import numpy as np
 
+from medmoe_jax.training import faults
 from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -719,7 +719,7 @@ def _write_tokenizer(c, out: str, vocab_size: int) -> dict:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m medmoe_jax.hf", description=__doc__.split("\n")[0])
+  parser = faults.ArgumentParser(prog="python -m medmoe_jax.hf", description=__doc__.split("\n")[0])
   sub = parser.add_subparsers(dest="cmd", required=True)
   imp = sub.add_parser("import", help="HF directory (safetensors) -> our checkpoint + config")
   imp.add_argument("--hf_dir", required=True)

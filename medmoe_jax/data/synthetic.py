@@ -628,8 +628,9 @@ def _sizes(value: str) -> tuple:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m medmoe_jax.data.synthetic",
-                              description=__doc__.split("\n\n")[0])
+  from medmoe_jax.training import faults
+  p = faults.ArgumentParser(prog="python -m medmoe_jax.data.synthetic",
+                            description=__doc__.split("\n\n")[0])
   p.add_argument("--out", required=True, help="output directory")
   d = Settings()
   p.add_argument("--seed", type=int, default=d.seed)

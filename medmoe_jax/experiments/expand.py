@@ -39,7 +39,6 @@ outputs; eval/base_curve/step<n>/ for the base's curve), corpus/ (the synthetic 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -48,6 +47,7 @@ import pathlib
 import sys
 import time
 
+from medmoe_jax.training import faults
 from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 SAMPLE_LANGUAGES = (("en", "zh", "es"), ("sw", "ha", "mg"))
@@ -552,8 +552,8 @@ def _langs(value: str) -> tuple:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(prog="python -m medmoe_jax.experiments.expand",
-                              description=__doc__.split("\n\n")[0])
+  p = faults.ArgumentParser(prog="python -m medmoe_jax.experiments.expand",
+                            description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="output directory (report.md, results.json, "
                  "seed<k>/runs/, seed<k>/eval/, data/); rerunning into it resumes")
   p.add_argument("--quick", action="store_true", help="tiny model, budget and one seed (2-3 "

@@ -28,6 +28,7 @@ Imports nothing heavy at module level: the CLI wrapper must be importable before
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import os
@@ -313,6 +314,30 @@ def exit_codes(main):
   return wrapped
 
 
+def _flags_error(text: str, helpflag: str):
+  print(f"error: command-line flags: {text}; {helpflag} lists the flags", file=sys.stderr,
+        flush=True)
+  sys.exit(EXIT_INPUT)
+
+
+def _parse_absl_flags(argv):
+  """absl's flag parsing, with its errors (an unknown flag, a value of the wrong type) in one
+  line and exit 2; absl's own prints two lines and exits 1."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _flags_error(_one_line(e), "--helpfull")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the CLIs: a flag error is one line and exit 2 (argparse prints its usage
+  first). Subcommand parsers inherit the class."""
+
+  def error(self, message):
+    _flags_error(f"{self.prog}: {_one_line(message)}", "--help")
+
+
 def run_absl(main):
   """app.run(exit_codes(main)) for the absl CLIs (train, eval, data). What escapes app.run then
   was raised while parsing the flags, before main: a config key that does not exist or cannot be
@@ -320,7 +345,7 @@ def run_absl(main):
   One line for those too (a SyntaxError names its file and line)."""
   from absl import app
   try:
-    app.run(exit_codes(main))
+    app.run(exit_codes(main), flags_parser=_parse_absl_flags)
   except Exception as e:  # noqa: BLE001  (only flag parsing reaches here)
     # ml_collections: KeyError / AttributeError("'key'") for a key the config does not have.
     name = str(e.args[0]).strip("\"'") if e.args else ""

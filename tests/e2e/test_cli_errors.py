@@ -110,6 +110,27 @@ def _cases(tmp):
       "hf: damaged checkpoint": (
           [*hf, "export", f"--checkpoint={damaged_hf}", f"--out={tmp / 'o4'}"], E,
           rf"^error: no intact checkpoint at {damaged_hf}: every step is damaged"),
+      # Flag parsing (absl's own message would be two lines and exit 1, argparse's its usage).
+      "train: unknown flag": (
+          [*train, "--no_such_flag=1"], E,
+          r"^error: command-line flags: Unknown command line flag 'no_such_flag'; --helpfull"),
+      "dry run: flag value of the wrong type": (
+          [*train, "--dry_run", "--num_devices=eight"], E,
+          r"^error: command-line flags: flag --num_devices=eight: invalid literal for int"),
+      "eval: unknown flag": (
+          [*ev, "--no_such_flag"], E, r"^error: command-line flags: Unknown command line flag "
+          r"'no_such_flag'"),
+      "data: unknown flag": (
+          [*data, "--no_such_flag"], E, r"^error: command-line flags: Unknown command line flag "
+          r"'no_such_flag'"),
+      "hf: unknown flag": (
+          [*hf, "export", f"--checkpoint={tmp}", f"--out={tmp / 'o5'}", "--no_such_flag"], E,
+          r"^error: command-line flags: python -m medmoe_jax\.hf: unrecognized arguments: "
+          r"--no_such_flag; --help lists the flags$"),
+      "experiment: unknown flag": (
+          ["medmoe_jax.experiments.expand", f"--workdir={tmp / 'x2'}", "--no_such_flag"], E,
+          r"^error: command-line flags: python -m medmoe_jax\.experiments\.expand: "
+          r"unrecognized arguments: --no_such_flag"),
       "experiment: unknown language": (
           ["medmoe_jax.experiments.expand", "--quick", "--corpus=sample", "--original=en,xx",
            f"--workdir={tmp / 'x'}"], E, r"^error: --original: 'xx' is not in the embedded sample"),
@@ -122,6 +143,8 @@ CASES = ["train: bad config value", "train: config file missing", "train: unknow
          "eval: checkpoint path missing", "eval: config.json malformed",
          "data: malformed data file", "data: disk full", "hf: not a model directory",
          "hf: config.json malformed", "hf: truncated weights", "hf: damaged checkpoint",
+         "train: unknown flag", "dry run: flag value of the wrong type", "eval: unknown flag",
+         "data: unknown flag", "hf: unknown flag", "experiment: unknown flag",
          "experiment: unknown language"]
 
 
@@ -157,6 +180,8 @@ def test_cli_fault_is_one_line_and_its_exit_code(results, name):
   lines = [l for l in p.stderr.splitlines() if l.strip()]
   assert lines and re.search(pattern, lines[-1]), p.stderr[-3000:]
   assert p.returncode == code, p.stderr[-3000:]
+  if "flag" in name:  # nothing ran before the flags were parsed: the error is all there is
+    assert len(lines) == 1, p.stderr
   if name.endswith("checkpoint damaged"):
     # The damage report (one line naming step and file) comes before the final line.
     damaged = tmp / ("damaged_hf" if name.startswith("hf") else "damaged") / "checkpoints"
