@@ -616,6 +616,8 @@ class Run:
   upcycle_method: str = "none"
   upcycle_from: str = ""          # a checkpoint to start a fresh run from; "" = random init
   upcycle_shared_from_dense: bool = False  # upcycle.shared_expert="dense": a copy of the FFN
+  expert_names: tuple[str, ...] = ()  # the language assignment's expert id -> name (a family,
+                                      # or a language code for per-language experts)
   config: object = dataclasses.field(default=None, compare=False, repr=False)
 
 
@@ -644,7 +646,7 @@ def resolve(c, *, workdir: str = "", num_devices: int | None = None) -> Run:
       upcycle_method=up.method if up is not None else "none",
       upcycle_from=up["from"] if up is not None else "",
       upcycle_shared_from_dense=up is not None and up.get("shared_expert", "fresh") == "dense",
-      config=c)
+      expert_names=tuple(checked.assignment.expert_names), config=c)
 
 
 def to_json(c) -> str:

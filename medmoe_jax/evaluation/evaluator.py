@@ -121,11 +121,11 @@ class Evaluator:
       self._mcq = (files, items, report)
     return self._mcq
 
-  def _heldout(self, run_config):
+  def _heldout(self, run):
     from medmoe_jax.evaluation import perplexity
     if not hasattr(self, "_source"):
       data_dir = self.c.perplexity.data_dir or os.path.join(self.out, "data")
-      self._source = perplexity.heldout_source(run_config, os.path.expanduser(data_dir))
+      self._source = perplexity.heldout_source(run.data, os.path.expanduser(data_dir))
     return self._source
 
   # --- One model.
@@ -169,10 +169,10 @@ class Evaluator:
                                                                   excl)
         self._write_predictions(predictions_dir, "mcq_loglikelihood.jsonl", recs)
     if "perplexity" in self.tasks or routing:
-      source = self._heldout(lm.config)
+      source = self._heldout(lm.run)
       wanted = ppl_languages or _csv(c.languages) or lm.languages
       langs = perplexity.heldout_languages(source, wanted)
-      seq_len = int(c.perplexity.seq_len) or int(lm.config.data.seq_len)
+      seq_len = int(c.perplexity.seq_len) or int(lm.run.data.seq_len)
       max_b = int(c.perplexity.max_batches)
       bar = self._bar(None, f"step {lm.step}: held-out text")
       if routing:
@@ -218,7 +218,7 @@ class Evaluator:
     base = self._load(c.baseline_checkpoint, step)
     res = self.evaluate_model(base, routing=False,
                               ppl_languages=_csv(c.languages) or lm.languages)
-    entry = {"key": key, "workdir": b_dir, "step": base.step, "name": base.config.name,
+    entry = {"key": key, "workdir": b_dir, "step": base.step, "name": base.run.name,
              "languages": base.languages,
              "tokenizer": getattr(base.tokenizer, "name", repr(base.tokenizer)), **res}
     results["baseline"] = entry

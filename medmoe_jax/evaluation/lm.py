@@ -99,16 +99,23 @@ def _token_scores(graphdef, params, tokens, segment_ids, positions, lang_ids, *,
 
 @dataclasses.dataclass
 class LanguageModel:
-  config: object            # the run's ConfigDict (from its config.json)
-  spec: object
+  run: cfg_lib.Run          # the run's config (its config.json), resolved: the model's specs
   graphdef: object
   params: dict
   tokenizer: object
-  languages: list           # the run's config.languages.use (lang_id order)
   step: int
   workdir: str
   mesh: object
   batch_size: int = 8
+
+  @property
+  def spec(self):
+    return self.run.model
+
+  @property
+  def languages(self) -> list[str]:
+    """The run's languages in lang_id order."""
+    return list(self.run.languages)
 
   # --- Loading.
 
@@ -132,19 +139,18 @@ class LanguageModel:
     if mesh is None:
       # The eval mesh, checked by the config validation against this model (experts, heads,
       # widths must divide their axes) as if the run had been configured with it.
-      check = c.copy_and_resolve_references()
-      with check.unlocked():
+      c = c.copy_and_resolve_references()
+      with c.unlocked():
         if mesh_config is not None:
-          check.mesh = mesh_config
-        shape = cfg_lib.mesh_shape(check, jax.device_count())
+          c.mesh = mesh_config
+        shape = cfg_lib.mesh_shape(c, jax.device_count())
         shards = shape["data"] * shape["fsdp"] * shape["expert"]
-        check.data.batch_size = -(-max(1, batch_size) // shards) * shards
-      cfg_lib.validate(check, jax.device_count())
-      mesh = sharding.make_mesh(check)
+        c.data.batch_size = -(-max(1, batch_size) // shards) * shards
+      run = cfg_lib.resolve(c, num_devices=jax.device_count())
+      mesh = sharding.mesh_of_shape(run.mesh_shape)
     else:
-      cfg_lib.validate(c)
-    spec = cfg_lib.model_spec(c)
-    abstract = nnx.eval_shape(lambda: _transformer(spec))
+      run = cfg_lib.resolve(c)
+    abstract = nnx.eval_shape(lambda: _transformer(run.model))
     graphdef, aparams = nnx.split(abstract, nnx.Param)
     shardings = sharding.state_shardings(aparams, mesh)
     target = abstract_with_shardings(nnx.to_pure_dict(aparams), shardings)
@@ -153,26 +159,30 @@ class LanguageModel:
       params, step = ckpt.restore_params(target, step)
     finally:
       ckpt.close()
-    return cls.from_params(c, params, graphdef=graphdef, step=int(step), workdir=workdir,
+    return cls.from_params(run, params, graphdef=graphdef, step=int(step), workdir=workdir,
                            mesh=mesh, batch_size=batch_size)
 
   @classmethod
-  def from_params(cls, config, params, *, graphdef=None, step: int = 0, workdir: str = "",
-                  mesh=None, batch_size: int = 8) -> "LanguageModel":
-    """A model already in memory (e.g. from a training loop): config is the run's ConfigDict,
-    params its pure-dict parameters (placed on `mesh`'s shardings if they are not)."""
+  def from_params(cls, run: cfg_lib.Run, params, *, graphdef=None, step: int = 0,
+                  workdir: str = "", mesh=None, batch_size: int = 8) -> "LanguageModel":
+    """A model already in memory (e.g. from a training loop): run is the run's resolved config
+    (`config.resolve`; with num_devices when no mesh is given), params its pure-dict parameters
+    (placed on `mesh`'s shardings if they are not)."""
     from medmoe_jax.data.tokenizer import load_tokenizer
 
-    spec = cfg_lib.model_spec(config)
     if graphdef is None:
-      abstract = nnx.eval_shape(lambda: _transformer(spec))
+      abstract = nnx.eval_shape(lambda: _transformer(run.model))
       graphdef, aparams = nnx.split(abstract, nnx.Param)
-      mesh = mesh if mesh is not None else sharding.make_mesh(config)
+      if mesh is None:
+        if not run.mesh_shape:
+          raise ValueError("LanguageModel.from_params: pass a mesh, or a run resolved with "
+                           "num_devices (config.resolve(c, num_devices=...))")
+        mesh = sharding.mesh_of_shape(run.mesh_shape)
       params = jax.device_put(params, sharding.state_shardings(aparams, mesh))
     shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
     batch_size = -(-max(1, batch_size) // shards) * shards
-    return cls(config, spec, graphdef, params, load_tokenizer(config.data.tokenizer),
-               cfg_lib.language_list(config), int(step), workdir, mesh, batch_size)
+    return cls(run, graphdef, params, load_tokenizer(run.data.tokenizer), int(step), workdir,
+               mesh, batch_size)
 
   # --- Helpers.
 

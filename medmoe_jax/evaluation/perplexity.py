@@ -8,27 +8,29 @@ training loss's, on text the model never trained on.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from medmoe_jax.data import corpus
+from medmoe_jax.data.pipeline import make_eval_batches
+from medmoe_jax.data.specs import DataSpec
+from medmoe_jax.training.step import token_targets
 
-def heldout_source(run_config, data_dir: str):
+
+def heldout_source(data: DataSpec, data_dir: str):
   """The run's validation split, built under data_dir (reused when already built) by the same
-  code and settings as training's: the run's `data.sources` specs, `data.validation_every` and
-  language detection. Rebuilding it any other way could hand the eval text the run trained on."""
-  from medmoe_jax import config as cfg_lib
-  from medmoe_jax.data import corpus
-  c = run_config.copy_and_resolve_references()
-  c.data.data_dir = data_dir
-  return corpus.load_splits(cfg_lib.data_spec(c, data_dir))["validation"]
+  code and settings as training's: the run's data spec (its sources, `validation_every` and
+  language detection), only the directory changed. Rebuilding it any other way could hand the
+  eval text the run trained on."""
+  return corpus.load_splits(dataclasses.replace(data, data_dir=data_dir))["validation"]
 
 
 def target_weights(batch: dict) -> np.ndarray:
   """[B, S] 1.0 where position t predicts a real next token of its own document: the training
   loss's own weights (training.step.token_targets), as float64 numpy."""
-  from medmoe_jax.training.step import token_targets
   _, w = token_targets({k: np.asarray(batch[k]) for k in ("tokens", "segment_ids", "loss_mask")})
   return np.asarray(w, np.float64)
 
@@ -45,8 +47,6 @@ def evaluate(score: Callable[[dict], dict], source, *, languages: Sequence[str],
   analysis shares the pass).
   Returns {lang: {"nll", "ppl", "tokens", "batches"}}.
   """
-  from medmoe_jax.data.pipeline import make_eval_batches
-
   remap = np.asarray(list(model_lang_ids) + [-1], np.int32)  # index -1 -> -1
   out = {}
   for li, lang in enumerate(languages):

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medmoe_jax.evaluation import perplexity
+
 
 class RoutingCounts:
   """Accumulates assignment counts [layers, languages, experts] over batches."""
@@ -191,31 +193,29 @@ def figures(result: dict, out_dir: str, *, step: int | None = None) -> dict[str,
 
 # --- The pass over held-out text.
 
-def scheme(config) -> str:
+def scheme(run) -> str:
   """How the run's method defines its experts: "lpr" (MoE-LPR: expert 0 is the original FFN),
   "moe_ct" (appended MoE blocks), "assigned" (Apollo-MoE: experts of language families or
-  languages, language_routing hybrid/hard), or "learned" (no assignment)."""
-  freeze = str(config.train.get("freeze", ""))
-  if (config.upcycle.get("method") == "lpr" or float(config.moe.get("lpr_loss_weight", 0)) > 0
-      or "preset:lpr" in freeze):
+  languages, language_routing hybrid/hard), or "learned" (no assignment). run: config.Run."""
+  if (run.upcycle_method == "lpr" or run.train.lpr_loss_weight > 0
+      or any("preset:lpr" in item for item in run.train.freeze)):
     return "lpr"
-  if int(config.moe.get("appended", 0)) > 0:
+  if any(kind == "appended" for kind, _ in run.model.segments):
     return "moe_ct"
-  if config.moe.language_routing != "none":
+  if run.model.moe.language_routing != "none":
     return "assigned"
   return "learned"
 
 
 def expert_names(lm) -> list[str]:
   """Expert id -> name as the run's method defines them (see `scheme`)."""
-  from medmoe_jax import config as cfg_lib
   e = lm.spec.moe.num_experts
-  how = scheme(lm.config)
+  how = scheme(lm.run)
   if how == "lpr":
     return ["expert 0 (original FFN)"] + [f"expert {i} (new)" for i in range(1, e)]
   if how != "assigned":
     return [f"expert {i}" for i in range(e)]
-  names = list(cfg_lib.expert_assignment(lm.config).expert_names)[:e]
+  names = list(lm.run.expert_names)[:e]
   return names + [f"expert {i}" for i in range(len(names), e)]
 
 
@@ -244,10 +244,9 @@ def lpr_summary(result: dict, original: Sequence[str]) -> dict:
 def own_experts(lm, languages: Sequence[str]) -> list[int]:
   """Each language's own expert under the run's assignment (-1: the method assigns none, not one
   of the model's languages, or its family has no expert)."""
-  from medmoe_jax import config as cfg_lib
-  if scheme(lm.config) != "assigned":
+  if scheme(lm.run) != "assigned":
     return [-1] * len(languages)
-  table = cfg_lib.expert_assignment(lm.config).lang_to_expert
+  table = lm.spec.moe.lang_to_expert  # the assignment's, kept by every assigned routing mode
   out = []
   for lang in languages:
     i = lm.lang_index(lang)
@@ -255,12 +254,15 @@ def own_experts(lm, languages: Sequence[str]) -> list[int]:
   return out
 
 
+def original_languages(run) -> list[str]:
+  """config.languages.original (a subset of the run's languages), in lang_id order."""
+  return [l for l, o in zip(run.languages, run.model.moe.lang_is_original) if o]
+
+
 def analyze(lm, source, languages: Sequence[str], *, seq_len: int, max_batches: int = 0,
             progress=None) -> tuple[dict, dict, float | None]:
   """One pass over the held-out `source` for `languages`: (perplexity per language, routing
   result, mean fraction of MoE token-slots dropped by expert capacity)."""
-  from medmoe_jax.evaluation import perplexity
-
   counts = RoutingCounts(languages, own_experts(lm, languages), len(lm.spec.moe_layer_indices),
                          lm.spec.moe.num_experts)
   dropped = []
@@ -276,9 +278,8 @@ def analyze(lm, source, languages: Sequence[str], *, seq_len: int, max_batches: 
       seq_len=seq_len, batch_size=lm.batch_size, max_batches=max_batches, on_routing=on_routing,
       progress=progress)
   result = counts.result([int(i) for i in lm.spec.moe_layer_indices], expert_names(lm))
-  result["scheme"] = scheme(lm.config)
+  result["scheme"] = scheme(lm.run)
   result["layer_names"] = layer_names(lm)
   if result["scheme"] == "lpr" and result["languages"]:
-    from medmoe_jax import config as cfg_lib
-    result["lpr"] = lpr_summary(result, cfg_lib._csv(lm.config.languages.original))  # pylint: disable=protected-access
+    result["lpr"] = lpr_summary(result, original_languages(lm.run))
   return ppl, result, (float(np.mean(dropped)) if dropped else None)

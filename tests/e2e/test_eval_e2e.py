@@ -109,7 +109,7 @@ def test_hard_routing_model_routes_every_token_to_its_own_expert(trained):
   lm = LanguageModel.load(str(trained / "run"), overrides={"moe.language_routing": "hard"},
                           mesh=_one_device(load_config("post_moe")), batch_size=4)
   assert lm.spec.moe.language_routing == "hard" and lm.step == 30
-  source = perplexity.heldout_source(lm.config, str(trained / "data"))
+  source = perplexity.heldout_source(lm.run.data, str(trained / "data"))
   # One language of each of the 7 families.
   langs = perplexity.heldout_languages(source, ["zh", "ja", "th", "mg", "en", "ar", "sw"])
   assert len(langs) == 7

@@ -24,8 +24,8 @@ def adapter():
   spec = cfg_lib.model_spec(c)
   params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(Transformer(spec, rngs=nnx.Rngs(0)),
                                                        nnx.Param)))()
-  lm = LanguageModel.from_params(c, params, mesh=sharding.make_mesh(c, jax.devices()[:1]),
-                                 batch_size=4)
+  lm = LanguageModel.from_params(cfg_lib.resolve(c), params,
+                                 mesh=sharding.make_mesh(c, jax.devices()[:1]), batch_size=4)
   return MedMoELM(lm=lm, max_length=64, max_gen_toks=5)
 
 

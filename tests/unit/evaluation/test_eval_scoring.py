@@ -74,7 +74,8 @@ def setup(tmp_path_factory):
   items, _ = mcq.load([str(path)])
   # The model prefers option C of the English item (wrong) and the gold option of the others.
   preferred = ["C" if it.lang == "en" else it.answer for it in items]
-  probe = LanguageModel.from_params(c, _rigged(c, set()), mesh=_mesh(c, 1), batch_size=4)
+  run = cfg_lib.resolve(c)
+  probe = LanguageModel.from_params(run, _rigged(c, set()), mesh=_mesh(c, 1), batch_size=4)
   tokens = {}  # (item, letter) -> continuation token ids
   for i, it in enumerate(items):
     for (ctx, cont), (letter, _) in zip(mcq.loglikelihood_requests(it), it.options):
@@ -97,7 +98,8 @@ def _mesh(c, n, **axes):
 
 def test_loglikelihood_picks_the_option_the_rigged_model_prefers(setup):
   c, items, preferred, boosted, tokens = setup
-  lm = LanguageModel.from_params(c, _rigged(c, boosted), mesh=_mesh(c, 1), batch_size=4)
+  lm = LanguageModel.from_params(cfg_lib.resolve(c), _rigged(c, boosted), mesh=_mesh(c, 1),
+                                 batch_size=4)
   recs = mcq.score_loglikelihood(items, lm.loglikelihood)
   assert [r["pred"] for r in recs] == preferred
   for r, it, p in zip(recs, items, preferred):
@@ -138,8 +140,9 @@ def test_sharded_scoring_equals_single_device(setup):
   blocks = params["segments"][0]["blocks"]
   blocks["attn"]["o_proj"]["kernel"] = rng.randn(*blocks["attn"]["o_proj"]["kernel"].shape).astype(np.float32) * 0.3
   blocks["ffn"]["down_proj"]["kernel"] = rng.randn(*blocks["ffn"]["down_proj"]["kernel"].shape).astype(np.float32) * 0.3
-  one = LanguageModel.from_params(c, params, mesh=_mesh(c, 1), batch_size=4)
-  eight = LanguageModel.from_params(c, params, mesh=_mesh(c, 8, data=4, tensor=2), batch_size=4)
+  run = cfg_lib.resolve(c)
+  one = LanguageModel.from_params(run, params, mesh=_mesh(c, 1), batch_size=4)
+  eight = LanguageModel.from_params(run, params, mesh=_mesh(c, 8, data=4, tensor=2), batch_size=4)
   assert eight.params["segments"][0]["blocks"]["ffn"]["up_proj"]["kernel"].sharding.spec[-1] == "tensor"
   reqs = [r + (items[0].lang,) for r in mcq.loglikelihood_requests(items[0])]
   a = np.asarray([x for x, _ in one.loglikelihood(reqs)])
@@ -155,11 +158,12 @@ def test_heldout_split_is_the_runs_own_validation_split(tmp_path):
   from medmoe_jax.evaluation import perplexity
   c = load_config("post_moe")
   c.data.validation_every = 4
-  heldout = perplexity.heldout_source(c, str(tmp_path / "eval_data"))
+  heldout = perplexity.heldout_source(cfg_lib.resolve(c).data, str(tmp_path / "eval_data"))
   run_splits = corpus.load_splits(cfg_lib.data_spec(c, str(tmp_path / "run")), log=lambda *_: None)
   assert heldout.lang_counts() == run_splits["validation"].lang_counts()
   texts = lambda src: {src[i]["text"] for i in range(len(src))}
   assert texts(heldout) == texts(run_splits["validation"])
   assert not texts(heldout) & texts(run_splits["train"])
   c.data.validation_every = 10  # the default keeps fewer records back
-  assert len(perplexity.heldout_source(c, str(tmp_path / "eval_data"))) < len(heldout)
+  fewer = perplexity.heldout_source(cfg_lib.resolve(c).data, str(tmp_path / "eval_data"))
+  assert len(fewer) < len(heldout)

@@ -17,7 +17,7 @@ from medmoe_jax.evaluation.lm import LanguageModel
                                             ("moe_lpr_stage1", "lpr"), ("moe_lpr_stage2", "lpr"),
                                             ("moe_ct", "moe_ct")])
 def test_scheme_of_each_method_config(name, expected):
-  assert routing.scheme(load_config(name)) == expected
+  assert routing.scheme(cfg_lib.resolve(load_config(name))) == expected
 
 
 def test_counts_keep_router_probabilities():
@@ -38,7 +38,8 @@ def test_moe_lpr_stage2_report_names_expert_0_not_families(tmp_path):
   c = method_runs.tiny("moe_lpr_stage2")
   spec = cfg_lib.model_spec(c)
   params = method_runs.random_params(spec, seed=3)
-  lm = LanguageModel.from_params(c, params, mesh=None, batch_size=4)
+  lm = LanguageModel.from_params(cfg_lib.resolve(c, num_devices=jax.device_count()), params,
+                                 mesh=None, batch_size=4)
   original = list(c.languages.original)
   texts = {"en": "The patient has a fever and a cough.", "zh": "病人发烧咳嗽。",
            "es": "El paciente tiene fiebre.", "sw": "Mgonjwa ana homa na kikohozi.",

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from helpers import build
+from medmoe_jax import config as cfg_lib
 from medmoe_jax.evaluation import perplexity
 from medmoe_jax.evaluation.lm import LanguageModel
 from medmoe_jax.training import step as step_lib
@@ -138,8 +139,8 @@ def test_perplexity_scores_the_training_loss(lpr_run):
   batch = {k: jnp.asarray(v) for k, v in BATCH.items()}
   loss, _ = step_lib.forward_loss(params, graphdef, batch, None, step_lib.LossWeights(), 6,
                                   train=False)
-  lm = LanguageModel.from_params(c, params, mesh=sharding.make_mesh(c, jax.devices()[:1]),
-                                 batch_size=2)
+  lm = LanguageModel.from_params(cfg_lib.resolve(c), params,
+                                 mesh=sharding.make_mesh(c, jax.devices()[:1]), batch_size=2)
   scores = lm.token_scores(BATCH)
   w = perplexity.target_weights(BATCH)
   nll = -float(np.sum(scores["logprobs"] * w)) / float(np.sum(w))
