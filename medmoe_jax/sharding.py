@@ -1,4 +1,6 @@
-"""The mesh and the one place where logical axis names meet mesh axes.
+"""The mesh, and the shardings of what the step takes and returns: parameters (through the
+logical axis rules of `model/axis_rules.py`, the one table activations use too), optimizer
+state (derived from the parameters'), batches.
 
 Mesh axes: data (pure data parallel), fsdp (data parallel + parameter sharding over `embed`),
 expert (experts' weights sharded; the batch is sharded over it too), tensor (heads / FFN width).
@@ -11,22 +13,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from medmoe_jax.config import MESH_AXES, mesh_shape
+from medmoe_jax.model.axis_rules import RULES, logical_to_mesh
 from medmoe_jax.model.spec import BATCH_MESH_AXES
 
-BATCH_AXES = BATCH_MESH_AXES
-
-# logical name -> mesh axis (or None = replicated). Parameters and activations both use these.
-LOGICAL_RULES = (
-    ("batch", BATCH_AXES),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("expert", "expert"),
-    ("layers", None),
-)
+BATCH_AXES = BATCH_MESH_AXES  # the mesh axes of logical "batch"
 
 
 def make_mesh(config, devices=None) -> Mesh:
@@ -46,19 +36,6 @@ def mesh_of_shape(shape: dict, devices=None) -> Mesh:
   return Mesh(dev_array, MESH_AXES)
 
 
-def logical_to_mesh(spec: P, rules=LOGICAL_RULES) -> P:
-  table = dict(rules)
-  out, used = [], set()
-  for name in spec:
-    axis = table.get(name) if name is not None else None
-    # A mesh axis may appear once per spec; later repeats stay replicated.
-    axes = (axis,) if isinstance(axis, str) else tuple(axis or ())
-    axes = tuple(a for a in axes if a not in used)
-    used.update(axes)
-    out.append(axes[0] if len(axes) == 1 else (axes or None))
-  return P(*out)
-
-
 def _fit_to_shape(pspec: P, shape, mesh: Mesh) -> P:
   """Drop mesh axes that do not divide the dimension (e.g. 2 kv heads on tensor=4)."""
   out = []
@@ -69,7 +46,7 @@ def _fit_to_shape(pspec: P, shape, mesh: Mesh) -> P:
   return P(*out)
 
 
-def state_shardings(abstract_state, mesh: Mesh, rules=LOGICAL_RULES):
+def state_shardings(abstract_state, mesh: Mesh, rules=RULES):
   """nnx.State of abstract Variables (with logical `out_sharding` metadata) -> NamedShardings."""
   pspecs = nnx.get_partition_spec(abstract_state)
 
@@ -100,7 +77,7 @@ def optimizer_shardings(tx_init, abstract_params, param_shardings, mesh: Mesh):
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batches [B, S]: B over the data-parallel axes, S replicated."""
-  return NamedSharding(mesh, P(BATCH_AXES, None))
+  return NamedSharding(mesh, logical_to_mesh(("batch", "length")))
 
 
 def on_mesh(fn, mesh: Mesh):

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from medmoe_jax.model.spec import BATCH_MESH_AXES as BATCH_AXES, EXPERT_AXIS, TENSOR_AXIS
+from medmoe_jax.model import axis_rules
 
 
 class ExpertAxis(NamedTuple):
@@ -33,23 +33,19 @@ class ExpertAxis(NamedTuple):
   size: int
 
 
-def current_mesh():
-  """The abstract mesh of the tracing context, or None."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return None if mesh.empty else mesh
-
-
 def dispatch(fn, x, indices, weights, valid, experts, check_vma: bool = True):
   """fn(x, indices, weights, valid, experts, ep=) -> (y, kept, routed) on local tokens.
   x: [B, S, D]; indices, weights: [B, S, k]; valid: [B, S]; experts: (wi_gate [E, D, F],
   wi_up [E, D, F], wo [E, F, D]). Returns (y [B, S, D], dropped_fraction float32).
   check_vma=False runs shard_map without its varying-axes types, for kernels that cannot
   declare them (megablox's pallas_call); its transpose then adds the gradient sums itself."""
-  mesh = current_mesh()
+  mesh = axis_rules.current_mesh()
   sizes = dict(mesh.shape) if mesh is not None else {}
-  batch = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
-  ex = EXPERT_AXIS if sizes.get(EXPERT_AXIS, 1) > 1 else None
-  tp = TENSOR_AXIS if sizes.get(TENSOR_AXIS, 1) > 1 else None
+  # Only the mesh axes that really split (size > 1) enter the specs and the collectives.
+  batch = axis_rules.split_axes("batch", mesh)
+  wspec_in = axis_rules.activation_spec(("expert", None, "mlp"), mesh, split_only=True)
+  wspec_out = axis_rules.activation_spec(("expert", "mlp", None), mesh, split_only=True)
+  ex, _, tp = wspec_in
   num_experts, d_ff = experts[0].shape[0], experts[0].shape[-1]
   if ex and num_experts % sizes[ex]:
     raise ValueError(f"{num_experts} experts cannot be split over the mesh axis "
@@ -63,7 +59,6 @@ def dispatch(fn, x, indices, weights, valid, experts, check_vma: bool = True):
     return y, _dropped(kept, routed)
 
   bspec = P(batch) if batch else P()
-  wspec_in, wspec_out = P(ex, None, tp), P(ex, tp, None)
   ep = ExpertAxis(ex, sizes[ex]) if ex else None
 
   def local(x, indices, weights, valid, experts):

@@ -1,6 +1,6 @@
 """Dense building blocks of a Qwen2/Llama-style decoder.
 
-Every parameter carries logical axis names (see `medmoe_jax.sharding` for their mesh mapping):
+Every parameter carries logical axis names (`axis_rules.RULES` maps them to mesh axes):
   vocab, embed, mlp, heads, kv_heads, head_dim, expert, layers (added by the scan).
 """
 from __future__ import annotations
@@ -11,47 +11,39 @@ import numpy as np
 from jax import lax
 from flax import nnx
 
-from medmoe_jax.model.spec import BATCH_MESH_AXES, ModelSpec
+from medmoe_jax.model import axis_rules
+from medmoe_jax.model.spec import ModelSpec
 
 # Parameter sharding is applied by jitting the initialiser with out_shardings derived from these
 # logical names (sharding.py); Flax's eager sharding would require a mesh inside the model.
 nnx.use_eager_sharding(False)
 
 
-# Mesh axes a batch is split over (model/spec.py; medmoe_jax.sharding.BATCH_AXES is the same).
-
-
-def _batch_axes(mesh) -> tuple[str, ...]:
-  return tuple(a for a in BATCH_MESH_AXES if a in mesh.axis_names)
-
-
 def constrain_batch(x):
-  """x: [B, ...] -> the same, its batch dim pinned to the batch mesh axes of the mesh the trainer
-  activates around tracing (sharding.on_mesh); a no-op without one (tests, eval on one device).
-  Without this, XLA's propagation may all-gather FSDP activations over the batch instead of
-  gathering the weights: every device would hold the whole batch's activations."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return x
-  return jax.lax.with_sharding_constraint(
-      x, jax.sharding.PartitionSpec(_batch_axes(mesh), *([None] * (x.ndim - 1))))
+  """x: [B, ...] -> the same, its batch dim pinned to the mesh axes of "batch" (axis_rules) on
+  the mesh the trainer activates around tracing (sharding.on_mesh); a no-op without one (tests,
+  eval on one device). Without this, XLA's propagation may all-gather FSDP activations over the
+  batch instead of gathering the weights: every device would hold the whole batch's activations."""
+  return axis_rules.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
 
 
 def embed_lookup(embed, tokens, dtype):
   """embed (nnx.Embed): the rows of `tokens` [B, S] -> [B, S, D] in `dtype`, batch pinned as
-  `constrain_batch` pins it. Under a mesh the lookup's output is first sharded as the FSDP
-  table gives it (batch over the batch axes other than fsdp, D over fsdp), so the step to the
-  batch sharding is an all-to-all within each fsdp group. Without that step the backward's
-  scatter-add into the D-sharded table asked for its cotangent with the batch replicated, which
-  XLA's partitioner reached from batch-sharded activations only by gathering the whole batch's
-  [B, S, D] on every device ("involuntary full rematerialization"): with data and fsdp both
-  > 1, 2 GB more temporaries per device for the 7b dry run on 64 chips (BENCHMARKS.md,
-  "Embedding lookup under FSDP")."""
+  `constrain_batch` pins it. Under a mesh that splits the table's "embed" dim the lookup's output
+  is first sharded as the FSDP table gives it ("lookup_batch", "length", "embed": the batch over
+  the batch axes other than fsdp, D over fsdp), so the step to the batch sharding is an
+  all-to-all within each fsdp group. Without that step the backward's scatter-add into the
+  D-sharded table asked for its cotangent with the batch replicated, which XLA's partitioner
+  reached from batch-sharded activations only by gathering the whole batch's [B, S, D] on every
+  device ("involuntary full rematerialization"): with data and fsdp both > 1, 2 GB more
+  temporaries per device for the 7b dry run on 64 chips (BENCHMARKS.md, "Embedding lookup under
+  FSDP")."""
   x = embed(tokens).astype(dtype)
-  mesh = jax.sharding.get_abstract_mesh()
-  if not mesh.empty and "fsdp" in mesh.axis_names:
-    others = tuple(a for a in _batch_axes(mesh) if a != "fsdp")
-    x = jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(others, None, "fsdp"))
+  mesh = axis_rules.current_mesh()
+  if mesh is not None:
+    table = axis_rules.activation_spec(("lookup_batch", "length", "embed"), mesh)
+    if table[2] is not None:
+      x = jax.lax.with_sharding_constraint(x, table)
   return constrain_batch(x)
 
 

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import sharding
-from medmoe_jax.model import expert_parallel, gmm, moe
+from medmoe_jax.model import gmm, moe
 from medmoe_jax.model.moe import MoEFeedForward
 from medmoe_jax.model.spec import ModelSpec, MoESpec
 
@@ -411,13 +411,6 @@ def test_uneven_expert_split_is_an_error():
   with jax.set_mesh(mesh), pytest.raises(ValueError, match="config.mesh.expert"):
     jax.eval_shape(lambda: m(jnp.asarray(x[:3]), jnp.asarray(lang[:3]), jnp.asarray(valid[:3]),
                              train=True))
-
-
-def test_axis_names_match_sharding_rules():
-  assert expert_parallel.BATCH_AXES == sharding.BATCH_AXES
-  rules = dict(sharding.LOGICAL_RULES)
-  assert rules["expert"] == expert_parallel.EXPERT_AXIS
-  assert rules["mlp"] == expert_parallel.TENSOR_AXIS
 
 
 def test_config_accepts_backends_and_rejects_unknown():
