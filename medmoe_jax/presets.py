@@ -33,3 +33,41 @@ def apollo_moe(c, *, num_experts: int = 7, top_k: int = 2, routing: str = "hybri
   c.languages.table = table
   c.languages.assignment = assignment
   c.upcycle.method = "apollo"  # used when upcycle.from is set: every expert a copy of the FFN
+
+
+# MoE-LPR (arXiv 2408.11396). The tiny and small sizes train on minor languages of the embedded
+# sample that families en/zh/es do not cover; the real sizes on the paper's languages (Qwen1.5-1.8B
+# with new el, hu, tr and original en, zh, es: bring their data).
+MOE_LPR_SAMPLE_LANGUAGES = dict(new=["sw", "ha", "mg"], original=["en", "zh", "es"])
+MOE_LPR_PAPER_LANGUAGES = dict(new=["el", "hu", "tr"], original=["en", "zh", "es"])
+
+
+def moe_lpr(c, *, stage: int) -> None:
+  """MoE-LPR, what its two stages share: every layer's FFN an MoE of 4 experts (top-2,
+  renormalised, no language routing), xavier-normal routers, and the official scripts' HF
+  optimizer defaults (no weight decay, no warm-up, cosine to 0); at the real sizes the paper's
+  languages (glottolog table), batch, lr 5e-5, bf16 and remat, and the base model's tokenizer.
+  Stage 1 trains on the new languages; stage 2 on the new and the original ones."""
+  c.moe.layers = "all"
+  c.moe.num_experts = 4
+  c.moe.top_k = 2
+  c.moe.norm_topk = True
+  c.moe.language_routing = "none"
+  # As the official code and scripts: xavier-normal routers (peft moe layer), no weight decay
+  # and no warm-up (HF TrainingArguments defaults), cosine decay to 0.
+  c.moe.router_init = "xavier_normal"
+  c.train.weight_decay = 0.0
+  c.train.warmup_frac = 0.0
+  c.train.min_lr_ratio = 0.0
+  real = c.size not in ("tiny", "small")
+  langs = MOE_LPR_PAPER_LANGUAGES if real else MOE_LPR_SAMPLE_LANGUAGES
+  c.languages.use = list(langs["new"]) + (list(langs["original"]) if stage == 2 else [])
+  if stage == 2:
+    c.languages.original = list(langs["original"])
+  if real:
+    c.languages.table = "glottolog"  # has el, hu, tr
+    c.data.batch_size = PAPER_TRAINING["batch_size"]
+    c.train.lr = 5e-5
+    c.model.dtype = PAPER_TRAINING["dtype"]
+    c.model.remat = PAPER_TRAINING["remat"]
+    c.data.tokenizer = ""  # the base model's tokenizer
