@@ -32,6 +32,7 @@ from etils import epath
 
 from medmoe_jax import checkpoint_integrity as integrity
 from medmoe_jax.checkpoint_integrity import DamagedCheckpointError
+from medmoe_jax.errors import InputError
 from medmoe_jax.training import faults
 from medmoe_jax.treepath import path_str
 from medmoe_jax.training.step import TrainState
@@ -43,7 +44,7 @@ PAUSE_ENV = "MEDMOE_TEST_PAUSE_IN_SAVE"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step being written
 
 
-class CheckpointMismatchError(faults.InputError):
+class CheckpointMismatchError(InputError):
   """The checkpoint in the workdir was written for a different model/optimizer shape."""
 
 
@@ -375,7 +376,7 @@ def read_run_config(workdir: str):
     try:
       data = json.load(f)
     except json.JSONDecodeError as e:
-      raise faults.InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+      raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
   return ml_collections.ConfigDict(data)
 
 

@@ -28,7 +28,7 @@ import json
 
 from etils import epath
 
-from medmoe_jax.training import faults
+from medmoe_jax.errors import InputError
 
 MANIFEST = "medmoe_manifest.json"
 # Orbax rewrites the step's metadata as it commits (it adds the commit time), after the manifest:
@@ -38,7 +38,7 @@ DAMAGED_SUFFIX = ".damaged"
 _CHUNK = 1 << 20
 
 
-class DamagedCheckpointError(faults.InputError):
+class DamagedCheckpointError(InputError):
   """A checkpoint step failed its check (or could not be read); the message names step and file."""
 
   def __init__(self, message: str, step: int | None = None, file: str | None = None):

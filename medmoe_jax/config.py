@@ -17,10 +17,10 @@ import ml_collections
 
 from medmoe_jax import languages as langs
 from medmoe_jax.data import specs as data_specs
+from medmoe_jax.errors import ConfigError
 from medmoe_jax.model.spec import (BACKENDS, BATCH_MESH_AXES, GROUPED_MATMULS, LANGUAGE_ROUTING,
                                    MESH_AXES, ModelSpec, MoESpec, parse_moe_layers, segments_for)
 from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
-from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.training.spec import TrainSpec
 
 SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", "it", "pt",
@@ -28,10 +28,6 @@ SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", 
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class ConfigError(InputError):
-  """A config value is wrong; the message names the key and what to do."""
 
 
 def base_config() -> ml_collections.ConfigDict:

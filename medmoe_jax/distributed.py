@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
+
+from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 
 
 class DistributedError(InputError):

@@ -38,7 +38,8 @@ import math
 import os
 import re
 import time
-from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
+
+from medmoe_jax.errors import ConfigError, InputError  # the CLIs report them in one line
 
 GiB = 1024**3
 
@@ -325,7 +326,6 @@ def main(c, topology: str | None, num_devices: int | None) -> int:
   """CLI entry (train.main): prints the report and a JSON line; returns the exit status."""
   import sys
 
-  from medmoe_jax.config import ConfigError
   try:
     report = run(c, topology, num_devices)
   except (ConfigError, DryRunError) as e:

@@ -46,8 +46,8 @@ import sys
 
 import numpy as np
 
+from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.training import faults
-from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SUPPORTED = ("qwen2", "qwen3", "llama", "qwen2_moe", "qwen3_moe")

@@ -27,8 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.model.spec import ModelSpec
-from medmoe_jax.training.faults import InputError  # a ValueError: one line from the CLIs
 
 # Names in the param tree (model/layers.py, model/moe.py, model/transformer.py).
 DENSE_FFN = ("gate_proj", "up_proj", "down_proj")

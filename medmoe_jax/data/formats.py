@@ -32,7 +32,8 @@ import gzip
 import json
 from collections.abc import Iterator
 from typing import Any
-from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
+
+from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 
 from medmoe_jax.data import chat
 

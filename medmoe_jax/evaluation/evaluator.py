@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from medmoe_jax.config import ConfigError
+from medmoe_jax.errors import ConfigError
 
 TASKS = ("mcq", "perplexity", "routing")
 MCQ_MODES = ("generative", "loglikelihood", "both")

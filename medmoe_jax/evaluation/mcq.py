@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.evaluation import apollo, templates
 from medmoe_jax.evaluation.accuracy import DEFAULT_EXCLUDED_FROM_AVERAGE, summarize  # noqa: F401 (re-exported)
 from medmoe_jax.languages import MAJOR_LANGUAGES
-from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 LETTERS = "ABCDEF"
 

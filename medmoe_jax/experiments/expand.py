@@ -47,8 +47,8 @@ import pathlib
 import sys
 import time
 
+from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.training import faults
-from medmoe_jax.training.faults import InputError  # a ValueError the CLIs report in one line
 
 SAMPLE_LANGUAGES = (("en", "zh", "es"), ("sw", "ha", "mg"))
 SYNTHETIC_LANGUAGES = (("qaa", "qab", "qba"), ("qca", "qcb", "qda"))

@@ -37,16 +37,14 @@ import socket
 import sys
 import threading
 
+from medmoe_jax.errors import InputError
+
 EXIT_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: rerun the same command to resume
 EXIT_BUG = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-
-
-class InputError(ValueError):
-  """Bad user input (data files, paths, checkpoints) found before compute; one-line message."""
 
 
 class WorkdirError(OSError):

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from medmoe_jax.training.spec import TrainSpec
+
 
 class LossWeights(NamedTuple):
   lb: float = 0.0
@@ -15,13 +17,10 @@ class LossWeights(NamedTuple):
   lpr: float = 0.0
 
 
-def loss_weights(c) -> LossWeights:
-  """The weights a config's losses get: moe.lb_loss_weight converted to our per-choice lb_loss
-  when the config gives it in Hugging Face's units (moe.lb_loss_units="hf")."""
-  from medmoe_jax import config as cfg_lib  # pylint: disable=g-import-not-at-top
-  m = c.moe
-  return LossWeights(cfg_lib.lb_weight_per_choice(c), float(m.z_loss_weight),
-                     float(m.lpr_loss_weight))
+def loss_weights(t: TrainSpec) -> LossWeights:
+  """The weights a run's router losses get (the load-balancing one already on our per-choice
+  loss, whatever units the config gave it in: config.resolve converts)."""
+  return LossWeights(t.lb_loss_weight, t.z_loss_weight, t.lpr_loss_weight)
 
 
 class TrainState(NamedTuple):

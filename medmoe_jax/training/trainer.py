@@ -28,6 +28,7 @@ from medmoe_jax.checkpoint import Checkpointer, abstract_with_shardings
 from medmoe_jax.data import corpus
 from medmoe_jax.data.tokenizer import load_tokenizer
 from medmoe_jax.distributed import barrier, data_shard
+from medmoe_jax.errors import ConfigError, InputError
 from medmoe_jax.metrics import MetricsWriter, truncate_after
 from medmoe_jax.model import Transformer, moe
 from medmoe_jax.training import faults, optim
@@ -97,7 +98,7 @@ class Trainer:
     data = self.run_spec.data
     self.tokenizer = load_tokenizer(data.tokenizer)
     if self.tokenizer.vocab_size > self.spec.vocab_size:
-      raise cfg_lib.ConfigError(
+      raise ConfigError(
           f"config.model.vocab_size={self.spec.vocab_size} is smaller than the tokenizer's "
           f"vocabulary ({self.tokenizer.vocab_size}, {data.tokenizer}); raise it")
     # Several processes may share a disk: process 0 builds the dataset, the others then read it.
@@ -108,9 +109,9 @@ class Trainer:
     try:
       self.dataset = corpus.train_dataset(data, self.tokenizer, shard_index, shard_count)
     except UnicodeDecodeError as e:  # the codec's message names no file
-      raise faults.InputError(faults.locate_decode_error(data.files(), e)) from None
+      raise InputError(faults.locate_decode_error(data.files(), e)) from None
     except ValueError as e:  # the data module's messages name file, line and field
-      raise faults.InputError(str(e)) from None
+      raise InputError(str(e)) from None
     if multi and jax.process_index() == 0:
       barrier("medmoe_jax: dataset built")
 
@@ -147,9 +148,8 @@ class Trainer:
     self.abstract_state = abstract_with_shardings(abstract_state, self.state_shardings)
     self._init_state = jax.jit(init_state, out_shardings=self.state_shardings)
 
-    t = run.train
-    weights = step_lib.LossWeights(t.lb_loss_weight, t.z_loss_weight, t.lpr_loss_weight)
-    train_step = step_lib.make_train_step(self.graphdef, self.tx, weights, len(self.languages))
+    train_step = step_lib.make_train_step(self.graphdef, self.tx, step_lib.loss_weights(run.train),
+                                          len(self.languages))
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.train_step = jax.jit(sharding.on_mesh(train_step, self.mesh), donate_argnums=0,
                               in_shardings=(self.state_shardings, self.batch_sharding, repl),
@@ -195,6 +195,19 @@ class Trainer:
 
   # --- The loop.
 
+  # Settings the loop reads when it starts, not compiled into the step.
+  LOOP_SETTINGS = ("log_every", "checkpoint_every", "on_nonfinite")
+
+  def set_loop(self, **settings):
+    """Change LOOP_SETTINGS of a set-up trainer (TrainSpec fields); the next `run` uses them."""
+    unknown = sorted(set(settings) - set(self.LOOP_SETTINGS))
+    if unknown:
+      raise ValueError(f"{unknown} are not loop settings ({', '.join(self.LOOP_SETTINGS)}); "
+                       "the others are compiled into the step: change the config")
+    self.run_spec = dataclasses.replace(
+        self.run_spec, train=dataclasses.replace(self.run_spec.train, **settings))
+    return self
+
   def run(self, *, stop_at: int | None = None, progress: bool = True):
     """Train until config.train.steps (or stop_at). Returns the final state.
 
@@ -203,10 +216,7 @@ class Trainer:
     ("skip"); a failed save is reported and training goes on, but a failed last save raises
     CheckpointSaveError.
     """
-    # The loop's policies (steps, logging, saving, non-finite handling) are read when it starts,
-    # not compiled in: one set-up trainer can run under changed ones.
-    self.run_spec = dataclasses.replace(self.run_spec, train=cfg_lib.train_spec(self.config))
-    run, t = self.run_spec, self.run_spec.train
+    run, t = self.run_spec, self.run_spec.train  # the loop's policies: see set_loop
     self._write_config()
     guard = faults.PreemptionGuard()
     with guard:  # from here on SIGTERM/SIGINT mean "checkpoint, then stop"

@@ -135,12 +135,12 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(trainer, tmp_p
 def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(trainer, tmp_path, capfd):
   # The policy is read by the loop, not compiled in: the same trainer serves both.
   t = trainer.use_workdir(tmp_path)
-  t.config.train.update(dict(on_nonfinite="skip", checkpoint_every=1))
+  t.set_loop(on_nonfinite="skip", checkpoint_every=1)
   t.plan = {3: "nan"}
   try:
     final = t.run(progress=False)
   finally:
-    t.config.train.update(dict(on_nonfinite="stop", checkpoint_every=2))
+    t.set_loop(on_nonfinite="stop", checkpoint_every=2)
   assert int(final.step) == 6
   assert "step 3: non-finite loss=nan" in capfd.readouterr().err
   hist = _history(tmp_path)

@@ -37,12 +37,12 @@ def test_lb_weight_is_in_hf_units(k):
   c = load_config("moe_lpr_stage1")
   c.moe.top_k = k
   assert c.moe.lb_loss_units == "hf"
-  w = step_lib.loss_weights(c)
+  w = step_lib.loss_weights(cfg_lib.train_spec(c))
   # The weight the trainer puts on our lb_loss: the config's (HF) weight times the HF loss.
   assert w.lb * ours == pytest.approx(c.moe.lb_loss_weight * hf, rel=1e-5)
   assert cfg_lib.lb_weight_hf_units(c) == c.moe.lb_loss_weight  # what an HF export writes
   c.moe.lb_loss_units = "choice"  # the default: the weight is on our per-choice loss
-  assert step_lib.loss_weights(c).lb == c.moe.lb_loss_weight
+  assert step_lib.loss_weights(cfg_lib.train_spec(c)).lb == c.moe.lb_loss_weight
   assert cfg_lib.lb_weight_hf_units(c) == pytest.approx(c.moe.lb_loss_weight / k)
 
 
@@ -53,7 +53,8 @@ def test_moe_lpr_optimizer_and_router_settings():
       assert (c.train.weight_decay, c.train.warmup_frac, c.train.min_lr_ratio) == (0.0, 0.0, 0.0)
       assert c.moe.router_init == "xavier_normal"
   c = load_config("moe_lpr_stage1")
-  assert c.moe.lb_loss_weight == 0.01 and step_lib.loss_weights(c).lb == pytest.approx(0.02)
+  assert c.moe.lb_loss_weight == 0.01
+  assert step_lib.loss_weights(cfg_lib.train_spec(c)).lb == pytest.approx(0.02)
   spec = cfg_lib.model_spec(c)
   expected = math.sqrt(2.0 / (c.model.d_model + c.moe.num_experts))
   assert spec.moe.router_init_std == pytest.approx(expected)
