@@ -5,8 +5,10 @@
                       joined by "\n". Tokenized as the official code does: one segment per turn
                       ("User:q", "\nAssistant:a", "\nUser:q2", ...), each encoded whole, the first
                       len(encode("\nAssistant:")) tokens of an assistant segment and every token of
-                      a user segment masked from the loss. Prompt turns of any role (system, user)
-                      are "User:" turns.
+                      a user segment masked from the loss, except that the first token of a user
+                      segment after an assistant one is labelled EOS (its input stays "\n"): the
+                      model learns to end each answer, as the official labels teach it. Prompt
+                      turns of any role (system, user) are "User:" turns.
   "plain"             turn texts joined by "\n", no role names; prompt turns masked (this
                       project's earlier format).
   "hf"                the Hugging Face model's own `chat_template` (Jinja, from the
@@ -14,10 +16,9 @@
                       assistant turn is what the template adds for it after the generation
                       prompt (its content and end-of-turn tokens), everything else is masked.
 
-One difference from the official code, by construction: in a multi-turn record the official
-labels put EOS where the next "\nUser:" turn starts (input "\n", label EOS); our targets are the
-next input tokens, so that position is masked instead. Single-turn records (the Apollo data) are
-token for token the official ones.
+Rendered.eos_labels names those user segments; the pipeline gives their first token the target
+EOS (the batch's `targets`, data/pipeline.py), so multi-turn records are labelled token for token
+as the official `SFT_data.preprocess` labels them.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ class Rendered:
   # True: every span start opens a segment encoded whole, whose span-prefix tokens are masked
   # (apollo); False: spans and the rest are encoded piece by piece (plain, hf).
   segmented: bool = False
+  # Indices into prompt_spans of the segments whose first token is labelled EOS (apollo: each
+  # user turn after an assistant turn, as the official preprocessing labels it).
+  eos_labels: tuple[int, ...] = ()
 
 
 def _merge(spans: list[tuple[int, int]], start: int, end: int):
@@ -61,15 +65,17 @@ def render_plain(turns) -> Rendered:
 
 def render_apollo(turns) -> Rendered:
   """The official `SFT_data.preprocess` segments: "User:q", "\\nAssistant:a", "\\nUser:q2", ..."""
-  parts, spans, pos = [], [], 0
-  for content, is_prompt in turns:
+  parts, spans, eos_labels, pos = [], [], [], 0
+  for k, (content, is_prompt) in enumerate(turns):
     sep = APOLLO_SEP if pos else ""
     role = APOLLO_ROLES[0] if is_prompt else APOLLO_ROLES[1]
     segment = sep + role + content
+    if is_prompt and k and not turns[k - 1][1]:
+      eos_labels.append(len(spans))  # official: labels += [eos] + [ignore] * (len - 1)
     spans.append((pos, pos + (len(segment) if is_prompt else len(sep + role))))
     parts.append(segment)
     pos += len(segment)
-  return Rendered("".join(parts), tuple(spans), segmented=True)
+  return Rendered("".join(parts), tuple(spans), segmented=True, eos_labels=tuple(eos_labels))
 
 
 def hf_chat_template(tokenizer_spec: str) -> tuple[str, dict]:

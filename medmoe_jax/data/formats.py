@@ -59,6 +59,7 @@ class Record:
   lang: str | None = None     # as given by the record (None: absent)
   source: str | None = None
   segmented: bool = False     # chat.Rendered.segmented: how the pipeline tokenizes the spans
+  eos_labels: tuple[int, ...] = ()  # chat.Rendered.eos_labels: segments whose first target is EOS
 
 
 class FieldError(InputError):
@@ -277,7 +278,7 @@ def _chat(turns, field: str) -> list[tuple[str, bool]]:
 
 def _supervised(turns, template: chat.ChatTemplate, lang=None, source=None) -> Record:
   r = template.render(turns)
-  return Record(r.text, r.prompt_spans, lang, source, r.segmented)
+  return Record(r.text, r.prompt_spans, lang, source, r.segmented, r.eos_labels)
 
 
 _MISSING = {

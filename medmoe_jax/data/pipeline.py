@@ -9,6 +9,9 @@ Batch format (numpy, each [batch_size, seq_len]):
                      the answer (assistant) tokens and EOS of a supervised record; 0 on prompt
                      tokens and padding. The loss must still drop targets that cross a segment
                      boundary (segment_ids[t+1] != segment_ids[t]), as training/step.py does.
+  targets     int32  what position t-1 is trained to predict at token t: the token itself,
+                     except the first token of a later user turn of a multi-turn chat record,
+                     whose target is EOS (the official Apollo labels, data/chat.py); 0 = pad
 
 Why this shape of pipeline: everything up to tokenisation is a grain MapDataset (random access),
 so the mixture, the per-epoch reshuffles and the sharding are pure functions of an index; the
@@ -213,19 +216,22 @@ def _pieces(text: str, spans) -> list[tuple[str, bool]]:
   return out
 
 
-def _segments(text: str, spans) -> list[tuple[str, str]]:
-  """Segmented records (chat.Rendered.segmented): [(segment, its masked prefix)], a segment
-  from each span start to the next (text before the first span: a segment with no prefix)."""
+def _segments(text: str, spans, eos_labels=()) -> list[tuple[str, str, bool]]:
+  """Segmented records (chat.Rendered.segmented): [(segment, its masked prefix, whether its first
+  token's target is EOS)], a segment from each span start to the next (text before the first
+  span: a segment with no prefix). eos_labels: indices into spans."""
   starts = [s for s, _ in spans]
-  out = [(text[:starts[0]], "")] if starts and starts[0] > 0 else []
+  out = [(text[:starts[0]], "", False)] if starts and starts[0] > 0 else []
+  eos = set(eos_labels)
   for k, (start, end) in enumerate(spans):
     stop = starts[k + 1] if k + 1 < len(starts) else len(text)
-    out.append((text[start:stop], text[start:end]))
+    out.append((text[start:stop], text[start:end], k in eos))
   return out
 
 
 class _ReadTokenize:
-  """A batch of record ids -> [{"tokens", "lang_ids", "loss_mask"}] (BOS + ids + EOS each)."""
+  """A batch of record ids -> [{"tokens", "targets", "lang_ids", "loss_mask"}] (BOS + ids + EOS
+  each)."""
 
   def __init__(self, source, tok, lang_index: Mapping[str, int]):
     self._source, self._tok, self._lang_index = source, tok, dict(lang_index)
@@ -243,11 +249,11 @@ class _ReadTokenize:
     texts, layout = [], []
     for rec in recs:
       text, spans = _str(rec["text"]), rec.get("prompt_spans") or ()
-      if isinstance(spans, dict):  # {"segments": [...]}: chat.Rendered.segmented
-        segs = _segments(text, spans["segments"])
-        layout.append(("segments", len(segs)))
-        texts.extend(t for t, _ in segs)
-        texts.extend(p for _, p in segs)
+      if isinstance(spans, dict):  # {"segments": [...], "eos_labels": [...]}: chat.Rendered
+        segs = _segments(text, spans["segments"], spans.get("eos_labels", ()))
+        layout.append(("segments", [e for _, _, e in segs]))
+        texts.extend(t for t, _, _ in segs)
+        texts.extend(p for _, p, _ in segs)
         continue
       pieces = _pieces(text, spans) if spans else [(text, False)]
       layout.append(("pieces", [p for _, p in pieces]))
@@ -257,13 +263,21 @@ class _ReadTokenize:
     out, k = [], 0
     for rec, (how, what) in zip(recs, layout):
       parts, masks = [np.asarray([bos], np.int32)], [np.zeros(1, np.int32)]
+      eos_at = []  # token positions whose target is EOS instead of the token
       if how == "segments":
-        for j in range(what):
+        n = len(what)
+        pos = 1
+        for j, eos_label in enumerate(what):
           piece = np.asarray(encoded[k + j], np.int32)
-          n_masked = min(len(encoded[k + what + j]) if texts[k + what + j] else 0, len(piece))
+          n_masked = min(len(encoded[k + n + j]) if texts[k + n + j] else 0, len(piece))
+          mask = (np.arange(len(piece)) >= n_masked).astype(np.int32)
+          if eos_label and len(piece):
+            mask[0] = 1
+            eos_at.append(pos)
           parts.append(piece)
-          masks.append((np.arange(len(piece)) >= n_masked).astype(np.int32))
-        k += 2 * what
+          masks.append(mask)
+          pos += len(piece)
+        k += 2 * n
         last_is_target = bool(len(masks[-1]) and masks[-1][-1])
       else:
         for is_prompt in what:
@@ -276,11 +290,13 @@ class _ReadTokenize:
       masks.append(np.asarray([int(last_is_target)], np.int32))
       tokens = np.concatenate(parts)
       mask = np.concatenate(masks)
+      targets = tokens.copy()
+      targets[eos_at] = eos
       if how == "pieces" and len(what) == 1 and not what[0]:
         mask[0] = 1  # a text record: every token, BOS included, counts as real
       lang = self._lang_index[_str(rec["lang"])]
-      out.append({"tokens": tokens, "lang_ids": np.full(tokens.shape, lang, np.int32),
-                  "loss_mask": mask})
+      out.append({"tokens": tokens, "targets": targets,
+                  "lang_ids": np.full(tokens.shape, lang, np.int32), "loss_mask": mask})
     return out
 
 
@@ -303,6 +319,7 @@ def _to_batch(batch_size: int):
     real = seg > 0
     out = {
         "tokens": np.where(real, b["tokens"], 0).astype(np.int32),
+        "targets": np.where(real, b["targets"], 0).astype(np.int32),
         "segment_ids": seg,
         "positions": b["tokens_positions"].astype(np.int32),
         "lang_ids": np.where(real, b["lang_ids"], -1).astype(np.int32),
@@ -348,7 +365,7 @@ def _tokenize_pack_batch(records: grain.MapDataset, source, tok, languages, seq_
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=4 * max(num_threads, 1)))
   ds = grain.experimental.FlatMapIterDataset(ds, _SplitChunks(seq_len))
-  lengths = {"tokens": seq_len, "lang_ids": seq_len, "loss_mask": seq_len}
+  lengths = {"tokens": seq_len, "targets": seq_len, "lang_ids": seq_len, "loss_mask": seq_len}
   if packing == "first_fit":
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct=lengths, num_packing_bins=batch_size, seed=seed,
@@ -385,7 +402,8 @@ def make_lm_dataset(
 ) -> grain.IterDataset:
   """Training batches from `source`: a TextSource, a ConcatSource (several weighted sources),
   or any sequence of {"text", "lang"[, "prompt_spans"]} records (prompt_spans: [[start, end], ...],
-  or {"segments": [[start, end], ...]} for the segmented chat format, data/chat.py).
+  or {"segments": [[start, end], ...], "eos_labels": [...]} for the segmented chat format,
+  data/chat.py).
 
   `languages` selects and orders the languages (lang_ids index it); records of other languages
   are skipped, and so are sources of weight 0. repeat=True: the infinite temperature-weighted

@@ -47,7 +47,8 @@ import numpy as np
 from medmoe_jax.data import chat, formats, langid, specs
 from medmoe_jax.data.specs import SAMPLE_TEXT_DIR, SourceSpec, sample_files  # noqa: F401
 
-FORMAT_VERSION = "2.0.0"
+# 2.1.0: segmented records carry "eos_labels" (data/chat.py), so earlier builds are rebuilt.
+FORMAT_VERSION = "2.1.0"
 SPLITS = ("train", "validation")
 VALIDATION_EVERY = 10
 ON_ERROR = ("raise", "skip")
@@ -88,7 +89,7 @@ def _expand(runs: Sequence[Sequence[Any]]) -> list[str]:
 
 class TextSource:
   """Random-access records of one split: {"text", "lang", "source": str, "prompt_spans": list of
-  [start, end], or {"segments": list} for segmented records (data/chat.py)}.
+  [start, end], or {"segments": list, "eos_labels": list} for segmented records (data/chat.py)}.
 
   Implements grain's RandomAccessDataSource protocol (__len__, __getitem__, __getitems__) over
   ArrayRecord files, and knows each record's language (`lang_runs`) without reading it.
@@ -397,7 +398,8 @@ class _Scan:
           spans = [list(s) for s in rec.prompt_spans]
           outs[split].write(json.dumps(
               [rec.text, lang, rec.source if rec.source is not None else self.spec.name,
-               {"segments": spans} if rec.segmented else spans], ensure_ascii=False) + "\n")
+               {"segments": spans, "eos_labels": list(rec.eos_labels)} if rec.segmented else spans],
+              ensure_ascii=False) + "\n")
           runs = self.runs[split]
           if runs and runs[-1][0] == lang:
             runs[-1][1] += 1

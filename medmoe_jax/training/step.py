@@ -30,10 +30,12 @@ class TrainState(NamedTuple):
 
 
 def token_targets(batch):
-  """Next-token targets and their weights. Position t predicts token t+1 only within the same
-  segment and where loss_mask marks t+1 as a target. Returns targets, weights [B, S]."""
-  tokens, seg, lm = batch["tokens"], batch["segment_ids"], batch["loss_mask"]
-  targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+  """Next-token targets and their weights. Position t predicts targets[t+1] (the batch's
+  "targets", the tokens themselves where it has none) only within the same segment and where
+  loss_mask marks t+1 as a target. Returns targets, weights [B, S]."""
+  seg, lm = batch["segment_ids"], batch["loss_mask"]
+  labels = batch["targets"] if "targets" in batch else batch["tokens"]
+  targets = jnp.concatenate([labels[:, 1:], jnp.zeros_like(labels[:, :1])], axis=1)
   same = jnp.concatenate([(seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0),
                           jnp.zeros_like(seg[:, :1], dtype=bool)], axis=1)
   nxt = jnp.concatenate([lm[:, 1:], jnp.zeros_like(lm[:, :1])], axis=1)

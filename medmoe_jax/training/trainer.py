@@ -161,7 +161,7 @@ class Trainer:
     for compiling ahead of time (dry run, multi-process start)."""
     b, s = self.run_spec.data.batch_size, self.run_spec.data.seq_len
     batch = {k: jax.ShapeDtypeStruct((b, s), jnp.int32, sharding=self.batch_sharding)
-             for k in ("tokens", "segment_ids", "positions", "lang_ids", "loss_mask")}
+             for k in ("tokens", "targets", "segment_ids", "positions", "lang_ids", "loss_mask")}
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=sharding.replicated(self.mesh))
     return self.abstract_state, batch, rng

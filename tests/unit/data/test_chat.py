@@ -63,34 +63,93 @@ def test_apollo_render_is_the_official_text():
   assert m.text == "User:Hi\nAssistant:Hello.\nUser:Fever?\nAssistant:Rest."
 
 
-def test_tokens_and_loss_mask_equal_the_official_preprocessing(tmp_path, tok):
+def _as_official_labels(rec):
+  """Our row (BOS, then the official input ids) as the official (input_ids, labels): the label
+  of token t is its target where loss_mask marks it, else -100 (HF shifts labels itself)."""
+  ids = rec["tokens"][1:].tolist()
+  labels = np.where(rec["loss_mask"][1:] == 1, rec["targets"][1:], -100).tolist()
+  return ids, labels
+
+
+def _messages(*turns):
+  return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+
+
+def test_tokens_and_labels_equal_the_official_preprocessing(tmp_path, tok):
   qa = {"question": "Which drug treats malaria?", "answer": "Artemisinin, 3 days.", "lang": "en"}
-  conv = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
-                       {"role": "user", "content": "Fever?"}, {"role": "assistant", "content": "Rest."}],
-          "lang": "en"}
-  got = _tokenized(tmp_path, tok, [qa, conv])
-  for rec, turns in zip(got, (["Which drug treats malaria?", "Artemisinin, 3 days."],
-                              ["Hi", "Hello.", "Fever?", "Rest."])):
+  two = ["Hi", "Hello.", "Fever?", "Rest."]
+  three = ["头痛怎么办？", "多休息。", "And fever?", "Paracetamol, 500 mg.", "Merci !", "De rien."]
+  got = _tokenized(tmp_path, tok, [qa, {"messages": _messages(*two), "lang": "en"},
+                                   {"messages": _messages(*three), "lang": "en"}])
+  for rec, turns in zip(got, ([qa["question"], qa["answer"]], two, three)):
     ids, labels = _official_preprocess(turns, tok.encode, tok.eos_id)
-    # Our rows start with BOS (masked); the rest are the official input ids.
+    # Our rows start with BOS (masked); the rest are the official input ids and labels.
     assert rec["tokens"][0] == tok.bos_id and rec["loss_mask"][0] == 0
-    assert rec["tokens"][1:].tolist() == ids
-    # Targets: loss_mask[t] marks token t as a target; the official label of position t is
-    # token t (HF shifts). Equal everywhere except where the official code labels the first
-    # token of a later "\nUser:" turn with EOS (our target there would be that token: masked).
-    official = [l != -100 for l in labels]
+    assert _as_official_labels(rec) == (ids, labels)
+    # One EOS label per later user turn (input "\n", label EOS), and the final EOS.
     eos_at_user = [i for i, (l, t) in enumerate(zip(labels, ids)) if l == tok.eos_id and t != l]
-    ours = rec["loss_mask"][1:].astype(bool).tolist()
-    assert [o for i, o in enumerate(official) if i not in eos_at_user] == \
-           [o for i, o in enumerate(ours) if i not in eos_at_user]
-    assert all(not ours[i] for i in eos_at_user)
     assert len(eos_at_user) == len(turns) // 2 - 1
+    assert all(tok.decode(ids[i:]).startswith("\nUser:") for i in eos_at_user)
   # The single-turn record: the targets are exactly the answer and EOS.
   qa_rec = got[0]
-  target = qa_rec["tokens"][qa_rec["loss_mask"] == 1]
+  target = qa_rec["targets"][qa_rec["loss_mask"] == 1]
   assert target[-1] == tok.eos_id
   assert tok.decode(target[:-1]) == "Artemisinin, 3 days."
   assert tok.decode(qa_rec["tokens"][qa_rec["loss_mask"] == 0]) == "User:Which drug treats malaria?\nAssistant:"
+
+
+class _Chars:
+  """One token per character (ids 3 + code point), BOS 1, EOS 2: positions countable by hand."""
+  bos_id, eos_id = 1, 2
+
+  def encode(self, text):
+    return [3 + ord(ch) for ch in text]
+
+  def encode_batch(self, texts):
+    return [self.encode(t) for t in texts]
+
+
+def _char_row(turns):
+  r = formats.to_record({"messages": _messages(*turns)})
+  src = [{"text": r.text, "lang": "en",
+          "prompt_spans": {"segments": [list(s) for s in r.prompt_spans],
+                           "eos_labels": list(r.eos_labels)}}]
+  (rec,) = pipeline._ReadTokenize(src, _Chars(), {"en": 0})([0])
+  return rec
+
+
+def test_multi_turn_labels_at_hand_counted_positions():
+  """"User:Hi" = tokens 0-6, "\nAssistant:Yo" = 7-19 (the first 11 masked), "\nUser:Q" = 20-26,
+  "\nAssistant:No" = 27-39, EOS = 40 (official positions; ours are one later, after BOS)."""
+  rec = _char_row(["Hi", "Yo", "Q", "No"])
+  ids, labels = _as_official_labels(rec)
+  c = _Chars()
+  assert ids == c.encode("User:Hi\nAssistant:Yo\nUser:Q\nAssistant:No") + [2]
+  assert [i for i, l in enumerate(labels) if l != -100] == [18, 19, 20, 38, 39, 40]
+  assert [labels[i] for i in (18, 19, 20, 38, 39, 40)] == c.encode("Yo") + [2] + c.encode("No") + [2]
+  assert ids[20] == c.encode("\n")[0]  # the input stays "\n"; its label is EOS
+  assert _as_official_labels(rec) == _official_preprocess(["Hi", "Yo", "Q", "No"], c.encode, 2)
+  # Three rounds: EOS labels at the start of both later user turns.
+  rec3 = _char_row(["Hi", "Yo", "Q", "No", "R", "Ok"])
+  ids3, labels3 = _as_official_labels(rec3)
+  assert [i for i, l in enumerate(labels3) if l != -100] == [18, 19, 20, 38, 39, 40, 58, 59, 60]
+  assert [i for i, l in enumerate(labels3) if l == 2] == [20, 40, 60]
+  assert _as_official_labels(rec3) == _official_preprocess(["Hi", "Yo", "Q", "No", "R", "Ok"], c.encode, 2)
+
+
+def test_training_loss_targets_eos_at_the_next_user_turn():
+  """token_targets (the training loss) reads the EOS label: the last answer token predicts EOS."""
+  import jax.numpy as jnp
+  from medmoe_jax.training.step import token_targets
+  rec = _char_row(["Hi", "Yo", "Q", "No"])
+  n = len(rec["tokens"])
+  batch = {"tokens": rec["tokens"][None], "targets": rec["targets"][None],
+           "loss_mask": rec["loss_mask"][None], "segment_ids": np.ones((1, n), np.int32)}
+  targets, w = token_targets({k: jnp.asarray(v) for k, v in batch.items()})
+  targets, w = np.asarray(targets[0]), np.asarray(w[0])
+  # Row position = official position + 1 (BOS); position t predicts the label of t+1.
+  assert np.flatnonzero(w).tolist() == [18, 19, 20, 38, 39, 40]
+  assert targets[20] == 2 and rec["tokens"][21] == 3 + ord("\n")
 
 
 def test_segment_prefix_is_masked_by_its_token_count():

@@ -191,7 +191,8 @@ def test_batch_format_and_packing(built, tok, docs_by_lang):
   seen = 0
   for _ in range(4):
     b = next(it)
-    assert set(b) == {"tokens", "segment_ids", "positions", "lang_ids", "loss_mask"}
+    assert set(b) == {"tokens", "targets", "segment_ids", "positions", "lang_ids", "loss_mask"}
+    np.testing.assert_array_equal(b["targets"], b["tokens"])  # text: every target is the token
     for v in b.values():
       assert v.shape == (4, 1024) and v.dtype == np.int32
     for lang_id, toks in _segments(b):
