@@ -11,6 +11,12 @@ Everything runs batched and jitted, with the parameters restored directly into t
 on a mesh (the same (data, fsdp, expert, tensor) meshes as training) and batches sharded over
 the batch axes. The checkpoint's own config.json rebuilds the model, so any run evaluates without
 repeating its flags. Shapes are bucketed (64, 128, 256, ... tokens) so few programs compile.
+
+Requests are tokenized as lm-evaluation-harness 0.4.1 (MoE-LPR's pinned version) tokenizes them
+for a causal LM: no BOS for any tokenizer, EOS where a context is empty and before a rolling text
+(`request_ids`). The Apollo MCQ prompts have their own rule (BOS where the tokenizer has one,
+evaluation/apollo.py) and held-out perplexity scores documents as training rows hold them
+(evaluation/perplexity.py).
 """
 from __future__ import annotations
 
@@ -80,16 +86,17 @@ def _fetch(x):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "routing"))
-def _token_scores(graphdef, params, tokens, segment_ids, positions, lang_ids, *, routing: bool):
-  """Next-token log-probabilities lp[b, t] = log p(tokens[b, t+1] | tokens[b, :t+1]) and whether
-  that token is the argmax; with routing, also each token's experts at each MoE layer. The
-  prefill path (`Transformer.decode` into a fresh cache) equals the training forward and is the
-  one that can report routing."""
+def _token_scores(graphdef, params, tokens, segment_ids, positions, lang_ids, targets, *,
+                  routing: bool):
+  """Next-token log-probabilities lp[b, t] = log p(targets[b, t+1] | tokens[b, :t+1]) and
+  whether that token is the argmax; with routing, also each token's experts at each MoE layer.
+  The prefill path (`Transformer.decode` into a fresh cache) equals the training forward and is
+  the one that can report routing."""
   model = nnx.merge(graphdef, params)
   b, s = tokens.shape
   logits, _, aux = model.decode(tokens, segment_ids, positions, lang_ids, model.init_cache(b, s),
                                 0, return_routing=routing)
-  nxt = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+  nxt = jnp.concatenate([targets[:, 1:], jnp.zeros_like(targets[:, :1])], axis=1)
   lse = jax.nn.logsumexp(logits, axis=-1)
   lp = jnp.take_along_axis(logits, nxt[..., None], axis=-1)[..., 0] - lse
   greedy = jnp.argmax(logits, axis=-1) == nxt
@@ -195,7 +202,9 @@ class LanguageModel:
     return jax.make_array_from_callback(a.shape, s, lambda idx: a[idx])
 
   def token_scores(self, batch: dict) -> dict:
-    """batch: numpy {tokens, segment_ids, positions, lang_ids} [B, S] (B = self.batch_size).
+    """batch: numpy {tokens, segment_ids, positions, lang_ids[, targets]} [B, S] (B =
+    self.batch_size; targets: what each token position is scored as, data/pipeline.py, the
+    tokens themselves where absent).
     Returns numpy {"logprobs", "greedy"} [B, S] and, for a model with MoE layers,
     "expert_indices" [num_moe_layers, B, S, k], "router_probs" [num_moe_layers, B, S, E] and
     "dropped_fraction" [num_moe_layers].
@@ -203,6 +212,7 @@ class LanguageModel:
     lp, greedy, extra = _token_scores(
         self.graphdef, self.params, *(self.put(np.asarray(batch[k], np.int32))
                                       for k in ("tokens", "segment_ids", "positions", "lang_ids")),
+        self.put(np.asarray(batch.get("targets", batch["tokens"]), np.int32)),
         routing=bool(self.spec.moe_layer_indices))
     out = {"logprobs": _fetch(lp), "greedy": _fetch(greedy)}
     out.update({k: _fetch(v) for k, v in extra.items()})
@@ -211,27 +221,21 @@ class LanguageModel:
   # --- Log-likelihood (lm-evaluation-harness semantics).
 
   def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of context and continuation, from the ids of the whole string: the
-    continuation's tokens are those after the longest common prefix with the context's ids."""
-    whole = self.tokenizer.encode(context + continuation)
-    ctx = self.tokenizer.encode(context) if context else []
-    n = 0
-    while n < min(len(ctx), len(whole)) and ctx[n] == whole[n]:
-      n += 1
-    return whole[:n], whole[n:]
+    return request_ids(self.tokenizer, context, continuation)
 
   def loglikelihood(self, requests: Sequence[tuple], *, max_len: int = 2048,
                     progress=None) -> list[tuple[float, bool]]:
     """requests: (context, continuation[, lang]) -> (sum of the continuation's log-probs, whether
-    every continuation token is the greedy choice). BOS starts every sequence; sequences longer
-    than max_len lose tokens from the left."""
+    every continuation token is the greedy choice). Tokens as `request_ids` makes them (no BOS;
+    EOS for an empty context); sequences longer than max_len lose tokens from the left."""
     rows = []
     for r in requests:
       ctx, cont = self._split(r[0], r[1])
       if not cont:
         raise ValueError(f"loglikelihood: empty continuation for context {r[0][-40:]!r}")
-      ids = [self.tokenizer.bos_id] + ctx + cont
-      rows.append((ids[-max_len:], min(len(cont), max_len - 1), self.lang_index(r[2] if len(r) > 2 else None)))
+      ids = ctx + cont
+      rows.append((ids[-max_len:], min(len(cont), min(len(ids), max_len) - 1),
+                   self.lang_index(r[2] if len(r) > 2 else None)))
     results = [None] * len(rows)
     for batch_idx, arrays in self._batches([(ids, lang) for ids, _, lang in rows]):
       scores = self.token_scores(arrays)
@@ -246,13 +250,14 @@ class LanguageModel:
 
   def loglikelihood_rolling(self, texts: Sequence[str], lang: str | None = None, *,
                             max_len: int = 2048) -> list[float]:
-    """Log-probability of each whole text, conditioned on BOS, every token predicted once, in
-    windows of at most max_len tokens (lm-evaluation-harness's rolling windows: each window
-    after the first is right-aligned to keep a full max_len context)."""
+    """Log-probability of each whole text, conditioned on EOS (lm-evaluation-harness 0.4.1's
+    prefix, for every tokenizer: `request_ids`), every token predicted once, in windows of at
+    most max_len tokens (the harness's rolling windows: each window after the first is
+    right-aligned to keep a full max_len context)."""
     li = self.lang_index(lang)
     windows, owner = [], []
     for t, text in enumerate(texts):
-      ids = [self.tokenizer.bos_id] + self.tokenizer.encode(text)
+      ids = [self.tokenizer.eos_id] + self.tokenizer.encode(text)  # the harness's eot prefix
       start = 1  # ids[start:end] are the targets of the next window
       while start < len(ids):
         end = min(start + max_len - 1, len(ids))
@@ -313,13 +318,14 @@ class LanguageModel:
 
   def generate_until(self, requests: Sequence[tuple], *, default_max_tokens: int = 256) -> list[str]:
     """requests: (context, until strings, max new tokens or None[, lang]) -> the greedy
-    continuation cut before the first `until` string (lm-evaluation-harness semantics)."""
+    continuation cut before the first `until` string (lm-evaluation-harness semantics: the
+    context's ids without BOS, EOS for an empty one)."""
     out = [None] * len(requests)
     groups: dict[int, list[int]] = {}
     for i, r in enumerate(requests):
       groups.setdefault(int(r[2] or default_max_tokens), []).append(i)
     for n, idx in groups.items():
-      prompts = [([self.tokenizer.bos_id] + self.tokenizer.encode(requests[i][0]),
+      prompts = [(self.tokenizer.encode(requests[i][0]) or [self.tokenizer.eos_id],
                   requests[i][3] if len(requests[i]) > 3 else None) for i in idx]
       texts = self.generate(prompts, max_new_tokens=n)
       for i, text in zip(idx, texts):
@@ -328,6 +334,23 @@ class LanguageModel:
           text = re.split("|".join(re.escape(u) for u in until), text, maxsplit=1)[0]
         out[i] = text
     return out
+
+
+def request_ids(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+  """Token ids of a log-likelihood request (context, continuation) as lm-evaluation-harness 0.4.1
+  (the version MoE-LPR's environment pins; `HFLM._encode_pair` and `loglikelihood`) makes them
+  for a causal LM: no BOS or other special token for any tokenizer (Llama's has one, Qwen2's has
+  none; neither is added); whitespace ending the context moves to the continuation; the
+  continuation is the whole string's ids after as many ids as the context alone has; an empty
+  context is the EOS token. ApolloMoE scores by generation only (evaluation/apollo.py)."""
+  if not context:
+    return [tokenizer.eos_id], tokenizer.encode(continuation)
+  n = len(context) - len(context.rstrip())
+  if n:
+    context, continuation = context[:-n], context[-n:] + continuation
+  whole = tokenizer.encode(context + continuation)
+  ctx = tokenizer.encode(context)
+  return ctx, whole[len(ctx):]
 
 
 def _transformer(spec):

@@ -4,7 +4,11 @@ The held-out text is the "validation" split of the run's corpus (data/sources.py
 record of each file), packed into rows exactly like training batches (data/pipeline.py
 `make_eval_batches`), one language at a time. A target counts where training's loss would count
 it: the next token of the same document (training.step.token_targets), so the numbers are the
-training loss's, on text the model never trained on.
+training loss's, on text the model never trained on. So each document starts as training rows
+start it: with the tokenizer's BOS (sentencepiece and Llama-style tokenizers), or with EOS for a
+tokenizer that has no BOS (Qwen2's `<|endoftext|>`, the token that precedes a document in its
+packed pretraining text and the harness's rolling prefix). Neither official code base has a
+held-out perplexity: ApolloMoE scores by generation, MoE-LPR through lm-evaluation-harness.
 """
 from __future__ import annotations
 
