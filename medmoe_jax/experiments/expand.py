@@ -83,17 +83,22 @@ class Settings:
   # language, so one seed's differences of a few percent can be noise.
   seeds: tuple = (0, 1, 2)
   # The model: every method's is this dense decoder, upcycled or extended by the method's config.
-  d_model: int = 64
+  d_model: int = 96
   num_layers: int = 4
   num_heads: int = 4
   num_kv_heads: int = 2
-  d_ff: int = 192
+  d_ff: int = 288
   seq_len: int = 128
   batch_size: int = 8
   # Synthetic corpus (3000 documents a language): a 300-step base pilot at these settings (seed
   # 0, 5% new-language documents, checkpoints every 50 steps) had original-language held-out
   # perplexity 26.1, 6.17, 3.43, 2.56, 2.22, 2.07 at steps 50..300 (still -6.8% over the last 50
-  # steps; new languages 281 -> 44.7), 106 s of training on the shared 2-core machine: hence 400.
+  # steps; new languages 281 -> 44.7), 106 s of training on the shared 2-core machine. A
+  # one-seed pilot of the whole default at d_model 64 / 400 base steps took 340 CPU s (user +
+  # sys; 308 + 33) with every program compiled, and its base still moved -7.1% between steps 300
+  # and 400 (held-out ppl 1.9 -> 1.7): hence d_model 96 (the largest the 20-minute, 3-seed
+  # budget holds with margin: compile dominates the first seed, later seeds read the compiled
+  # programs from OUT/jax_cache) and 600 base steps with a 6-point curve.
   # The sample (--corpus=sample; Settings.make then defaults to 120) holds ~9 training documents
   # (~3k tokens) a language, which a model memorises within a few hundred steps: past that,
   # held-out perplexity only rises. 120 sat where held-out perplexity was lowest in a pilot
@@ -101,9 +106,9 @@ class Settings:
   # 740/1424/773 at step 25, 441/727/527 at 100 (its minimum), 726/1368/1155 at 300 (training
   # loss 3.45); full continual training from a 120-step base reached its lowest new-language
   # perplexity at 120-160 of 200 steps (sw/ha/mg 220/182/127 at 140, against 3594/3249/3857).
-  base_steps: int = 400
+  base_steps: int = 600
   base_new_share: float = 0.05   # share of the base's documents from the new languages
-  base_curve_points: int = 4     # held-out perplexity of the base at this many checkpoints
+  base_curve_points: int = 6     # held-out perplexity of the base at this many checkpoints
   steps: int = 150               # the expansion budget of every method (steps of batch_size rows)
   # MoE-LPR stage 2 (the review): until the mean router probability of expert 0 on the
   # original-language tokens of a log window exceeds the target in every layer, checked every
@@ -118,6 +123,9 @@ class Settings:
   ct_replay_share: float = 0.2
   eval_batch_size: int = 8
   eval_max_batches: int = 0      # > 0: at most this many held-out batches per language
+  # "Spread Out in the End" (experiments/spread_out.py) after the seeds, into OUT/spread_out,
+  # with its own budget; the report then carries its section.
+  spread_out: bool = False
   quick: bool = False
 
   @classmethod
@@ -315,8 +323,15 @@ class Clock:
 
   def __init__(self, stream=sys.stdout):
     self.t0 = time.time()
+    self.cpu0 = cpu_seconds()
     self.phases: dict[str, float] = {}
+    self.phases_cpu: dict[str, float] = {}
     self.stream = stream
+
+  def cpu(self) -> float:
+    """CPU seconds (user + sys, every thread) this process has spent since the clock started: on
+    a shared machine, CPU time / cores is what an idle machine's wall time would be."""
+    return cpu_seconds() - self.cpu0
 
   def log(self, msg: str) -> None:
     print(f"[expand +{time.time() - self.t0:.0f}s] {msg}", file=self.stream, flush=True)
@@ -326,18 +341,26 @@ class Clock:
 
     class _Phase:
       def __enter__(self):
-        self.start = time.time()
+        self.start, self.cpu_start = time.time(), cpu_seconds()
         clock.log(f"{name}: start")
         return self
 
       def __exit__(self, *exc):
-        dt = time.time() - self.start
+        dt, cpu = time.time() - self.start, cpu_seconds() - self.cpu_start
         clock.phases[name] = dt
+        clock.phases_cpu[name] = cpu
         if exc[0] is None:
-          clock.log(f"{name}: done in {dt:.0f}s")
+          clock.log(f"{name}: done in {dt:.0f}s ({cpu:.0f} CPU s)")
         return False
 
     return _Phase()
+
+
+def cpu_seconds() -> float:
+  """User + sys CPU seconds of this process (every thread) and of its finished children (the
+  spread-out process, once waited for)."""
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
 
 
 def train(name: str, s: Settings, out: str, seed: int, mesh, clock: Clock, progress: bool) -> dict:
@@ -523,25 +546,67 @@ def run(s: Settings, out: str, *, progress: bool = True, clock: Clock | None = N
   prepare_corpus(s, out, clock)
   mesh = sharding.make_mesh(run_config("base", s, out, s.seeds[0]), jax.devices()[:1])
   per_seed = {}
+  spread = start_spread_out(s, out, clock) if s.spread_out else None
   # --quick: the "rbg" PRNG, whose initialisers compile about twice as fast as threefry's (the
   # random bits differ, which a structure check does not care about).
-  with jax.default_prng_impl("rbg" if s.quick else jax.config.jax_default_prng_impl):
-    for seed in s.seeds:
-      trained, evaluated = {}, {}
-      for name, _, _ in RUNS:
-        trained[name] = train(name, s, out, seed, mesh, clock, progress)
-        evaluated[name] = evaluate(name, s, out, seed, mesh, clock, progress)
-        if name == "base":
-          trained[name]["curve"] = base_curve(s, out, seed, mesh, clock, progress, evaluated[name])
-      per_seed[seed] = expand_report.build_seed(s, trained, evaluated)
+  try:
+    with jax.default_prng_impl("rbg" if s.quick else jax.config.jax_default_prng_impl):
+      for seed in s.seeds:
+        trained, evaluated = {}, {}
+        for name, _, _ in RUNS:
+          trained[name] = train(name, s, out, seed, mesh, clock, progress)
+          evaluated[name] = evaluate(name, s, out, seed, mesh, clock, progress)
+          if name == "base":
+            trained[name]["curve"] = base_curve(s, out, seed, mesh, clock, progress,
+                                                evaluated[name])
+        per_seed[seed] = expand_report.build_seed(s, trained, evaluated)
+  except BaseException:
+    if spread is not None and spread.poll() is None:
+      spread.terminate()  # it saves a checkpoint and stops; rerunning resumes both
+      spread.wait()
+    raise
+  so = finish_spread_out(spread, out, clock) if spread else None
   with clock.phase("report"):
     results = expand_report.build(s, per_seed, clock.phases, family_of(s, s.original + s.new))
+    if so:
+      results["spread_out"] = so
     results["wall_time"]["total"] = time.time() - clock.t0
+    results["wall_time"]["phases_cpu"] = dict(clock.phases_cpu)
+    results["wall_time"]["cpu_total"] = clock.cpu()
     expand_report.write(results, out)
   clock.log(f"done in {results['wall_time']['total']:.0f}s: {os.path.join(out, 'report.md')}")
   for c in results["claims"]:
     clock.log(f"claim {c['status']}: {c['claim']} ({c['numbers']})")
   return results
+
+
+def spread_out_settings(s: Settings):
+  """The spread-out model: the experiment's model width with 8 layers (--quick: its own tiny
+  settings), the experiment's first seed and as many seeds."""
+  from medmoe_jax.experiments import spread_out
+  same = {} if s.quick else dict(d_model=s.d_model, num_heads=s.num_heads,
+                                 num_kv_heads=s.num_kv_heads, d_ff=s.d_ff, seq_len=s.seq_len,
+                                 batch_size=s.batch_size)
+  return spread_out.Settings.make(s.quick, seeds=(s.seeds[0],), **same)
+
+
+def start_spread_out(s: Settings, out: str, clock: Clock):
+  """"Spread Out in the End" in its own process beside the seeds (it shares nothing with them):
+  on 2 cores it runs on the one the seeds leave; its log is OUT/spread_out.log."""
+  from medmoe_jax.experiments import spread_out
+  d = os.path.join(out, "spread_out")
+  clock.log(f"spread-out: started in its own process into {d} (log {d}.log)")
+  return spread_out.start(spread_out_settings(s), d, d + ".log")
+
+
+def finish_spread_out(proc, out: str, clock: Clock) -> dict:
+  from medmoe_jax.experiments import spread_out
+  d = os.path.join(out, "spread_out")
+  with clock.phase("spread-out: wait for its process"):
+    res = spread_out.finish(proc, d, d + ".log")
+  clock.log(f"spread-out: {res['check']['status']}, {res['wall_time']:.0f} s wall, "
+            f"{res['cpu_time']:.0f} CPU s in its process")
+  return res
 
 
 # --------------------------------------------------------------------------- CLI
@@ -579,6 +644,9 @@ def parse_args(argv=None):
                  "--quick 20)")
   p.add_argument("--lpr_stage2_cap", type=int, default=None,
                  help="MoE-LPR stage 2: at most this many steps (default 200; --quick 6)")
+  p.add_argument("--spread_out", action="store_true", help="also run \"Spread Out in the End\" "
+                 "(an all-layers hybrid-k model on 12 synthetic languages, "
+                 "experiments/spread_out.py) into OUT/spread_out and report it")
   p.add_argument("--no_progress", action="store_true", help="no progress bars (phase lines only)")
   return p.parse_args(argv)
 
@@ -599,7 +667,8 @@ def main(argv=None) -> dict:
   s = Settings.make(args.quick, seeds=tuple(range(args.seed, args.seed + max(n, 0))),
                     corpus=args.corpus, corpus_docs=args.corpus_docs,
                     original=args.original, new=args.new, steps=args.steps,
-                    base_steps=args.base_steps, lpr_stage2_cap=args.lpr_stage2_cap)
+                    base_steps=args.base_steps, lpr_stage2_cap=args.lpr_stage2_cap,
+                    spread_out=args.spread_out or None)
   try:
     return run(s, args.workdir, progress=not args.no_progress and sys.stderr.isatty())
   except ExperimentError as e:

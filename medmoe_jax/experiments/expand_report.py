@@ -55,8 +55,8 @@ def routing_summary(rt: dict, original, new, family_experts: bool) -> dict | Non
     return None
   langs = rt["languages"]
 
-  def expert0(group):
-    rows = [np.asarray(langs[l]["fractions"])[:, 0] for l in group if l in langs]
+  def expert0(group, field="fractions"):
+    rows = [np.asarray(langs[l][field])[:, 0] for l in group if l in langs and field in langs[l]]
     return np.round(np.mean(rows, axis=0), 5).tolist() if rows else None
 
   own = {l: v["own_share"] for l, v in langs.items()
@@ -64,7 +64,9 @@ def routing_summary(rt: dict, original, new, family_experts: bool) -> dict | Non
   return {"layers": rt["layers"], "experts": rt["experts"],
           "own_share_mean": (rt.get("average") or {}).get("own_share") if family_experts else None,
           "own_share": own, "uniform_share": 1.0 / len(rt["experts"]),
-          "expert0_share": {"original": expert0(original), "new": expert0(new)}}
+          "expert0_share": {"original": expert0(original), "new": expert0(new)},
+          # MoE-LPR's measure: expert 0's mean router probability (each language equally).
+          "expert0_prob": {"original": expert0(original, "probs"), "new": expert0(new, "probs")}}
 
 
 def build_seed(s, trained: dict, evaluated: dict) -> dict:
@@ -140,7 +142,9 @@ def _mean_routing(rts: list) -> dict | None:
           "own_share": {l: _mean_lists([r["own_share"].get(l) for r in rts])
                         for l in first["own_share"]},
           "expert0_share": {g: _mean_lists([r["expert0_share"][g] for r in rts])
-                            for g in ("original", "new")}}
+                            for g in ("original", "new")},
+          "expert0_prob": {g: _mean_lists([(r.get("expert0_prob") or {}).get(g) for r in rts])
+                           for g in ("original", "new")}}
 
 
 def build(s, per_seed: dict, phases: dict, families: dict) -> dict:
@@ -273,21 +277,45 @@ def claims(results: dict) -> list[dict]:
   def fmt(x):
     return "n/a" if x is None else f"{100 * x:+.2f}%"
 
+  def ret(change):  # retention of the base's quality, base ppl / model ppl
+    return "n/a" if change is None else f"{100 / (1 + change):.1f}%"
+
+  full = m["dense_ct"]["original_change"]
+  add("full_ct_forgets", "full continual training forgets: its original-language perplexity "
+      f"rises by more than {100 * FORGETTING_LIMIT:.0f}%",
+      None if full is None else full > FORGETTING_LIMIT,
+      f"change {fmt(full)} (retention {ret(full)})")
   for key, name in (("moe_lpr", "MoE-LPR"), ("moe_ct", "MoE-CT")):
     ch = m[key]["original_change"]
     add(f"{key}_keeps_original", f"{name} keeps original-language perplexity within "
         f"{100 * FORGETTING_LIMIT:.0f}% of the dense model's",
-        None if ch is None else ch <= FORGETTING_LIMIT, f"change {fmt(ch)}")
-  full = m["dense_ct"]["original_change"]
+        None if ch is None else ch <= FORGETTING_LIMIT, f"change {fmt(ch)} (retention {ret(ch)})")
   others = [m["moe_lpr"]["original_change"], m["moe_ct"]["original_change"]]
   add("full_ct_forgets_more", "full continual training loses more original-language "
       "perplexity than MoE-LPR and MoE-CT",
       None if not _finite(full, *others) else full > max(others),
-      f"full CT {fmt(full)} vs MoE-LPR {fmt(others[0])}, MoE-CT {fmt(others[1])}")
+      f"full CT {fmt(full)} (retention {ret(full)}) vs MoE-LPR {fmt(others[0])} (retention "
+      f"{ret(others[0])}), MoE-CT {fmt(others[1])} (retention {ret(others[1])})")
   gains = {k: m[k]["new_gain"] for k in ("dense_ct", "post_moe", "moe_lpr", "moe_ct")}
   add("every_method_gains", "every expansion method improves new-language perplexity",
       None if not _finite(*gains.values()) else all(g > 0 for g in gains.values()),
       ", ".join(f"{k} gain {fmt(g)}" for k, g in gains.items()))
+  lpr, full_gain = gains["moe_lpr"], gains["dense_ct"]
+  add("moe_lpr_gains_more", "MoE-LPR gains more on the new languages than full continual "
+      "training", None if not _finite(lpr, full_gain) else lpr > full_gain,
+      f"MoE-LPR gain {fmt(lpr)} vs full CT {fmt(full_gain)}")
+  review = m["moe_lpr"].get("review")
+  reviews = [review] if review and "converged" in review else [
+      v for v in (review or {}).values() if v]
+  if reviews:
+    ok = all(v["converged"] for v in reviews)
+    nums = "; ".join(
+        (f"step {v['steps']} " + ("converged" if v["converged"] else "at the cap") + ", layers "
+         + _list(_last_probs(v))) for v in reviews) + f" (target > {reviews[0]['target']})"
+  else:
+    ok, nums = None, "no stage-2 record"
+  add("lpr_stage2_converges", "MoE-LPR stage 2 drives expert 0's router probability on "
+      "original-language tokens above the target in every layer before the cap", ok, nums)
   rt = m["post_moe"]["routing"]
   share = rt["own_share_mean"] if rt else None
   if share and len(share) >= 2:
@@ -306,50 +334,41 @@ def claims(results: dict) -> list[dict]:
 
 
 def write(results: dict, out: str) -> None:
+  """OUT/results.json, OUT/report.md and the figures in OUT/figures/ (expand_figures)."""
   from medmoe_jax.evaluation import report as eval_report
-  os.makedirs(os.path.join(out, "figures"), exist_ok=True)
-  fig = tradeoff_figure(results, os.path.join(out, "figures", "tradeoff.png"))
-  results["figures"] = {"tradeoff": os.path.relpath(fig, out)} if fig else {}
+  figs = figures(results, os.path.join(out, "figures"))
+  results["figures"] = {k: os.path.relpath(v, out) for k, v in figs.items()}
   eval_report.write_json(os.path.join(out, "results.json"), results)
   with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
     f.write(render(results))
 
 
-def tradeoff_figure(results: dict, path: str) -> str | None:
-  """Forgetting (original-language perplexity change) and gain per method, side by side."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  rows = [r for r in results["table"] if _finite(r["original_change"], r["new_gain"])]
-  if not rows:
-    return None
-  x = np.arange(len(rows))
-  fig, ax = plt.subplots(figsize=(7.5, 3.8))
-
-  def err(key):  # error bars: the sd over seeds (none with one seed)
-    sd = [r.get(key + "_sd") for r in rows]
-    return None if any(v is None for v in sd) else [100 * v for v in sd]
-
-  ax.bar(x - 0.2, [100 * r["original_change"] for r in rows], 0.4, color="tab:red",
-         yerr=err("original_change"), capsize=3,
-         label="original languages: perplexity change (lower is better)")
-  ax.bar(x + 0.2, [100 * r["new_gain"] for r in rows], 0.4, color="tab:green",
-         yerr=err("new_gain"), capsize=3,
-         label="new languages: perplexity gain (higher is better)")
-  ax.axhline(0, color="black", lw=0.8)
-  ax.axhline(100 * FORGETTING_LIMIT, color="tab:red", ls=":", lw=1, label="2% forgetting limit")
-  # Full continual training can lose several hundred percent; a symmetric log scale keeps the
-  # few-percent bars of the other methods readable beside it.
-  if max(abs(100 * r["original_change"]) for r in rows) > 50:
-    ax.set_yscale("symlog", linthresh=10)
-  ax.set_xticks(x, [r["method"] for r in rows], fontsize=8)
-  ax.set_ylabel("% vs the dense base" + (" (mean ± sd over seeds)" if err("new_gain") else ""))
-  ax.set_title("Expansion trade-off: forgetting vs gain per method", fontsize=10)
-  ax.legend(fontsize=7)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  return path
+def figures(results: dict, fig_dir: str) -> dict[str, str]:
+  """The trade-off scatter, MoE-LPR's expert-0 probability per layer and Post-MoE's own-family
+  share per layer, all over the seeds: {name: path}."""
+  from medmoe_jax.experiments import expand_figures as ef
+  os.makedirs(fig_dir, exist_ok=True)
+  out = {}
+  results["tradeoff_points"] = ef.tradeoff_points(results)
+  path = ef.tradeoff_scatter(results["tradeoff_points"], os.path.join(fig_dir, "tradeoff.png"))
+  if path:
+    out["tradeoff"] = path
+  target = results["budget"]["moe_lpr_split"]["stage2_target"]
+  path = ef.lpr_routing_figure(results, os.path.join(fig_dir, "moe_lpr_routing.png"), target)
+  if path:
+    out["moe_lpr_routing"] = path
+  profiles = [(sr["methods"]["post_moe"].get("routing") or {}).get("own_share_mean")
+              for sr in results["per_seed"].values()]
+  mean, sd = ef.per_layer_stats(profiles)
+  rt = results["methods"]["post_moe"].get("routing")
+  if mean and rt:
+    path = ef.own_share_figure(rt["layers"], mean, sd, rt["uniform_share"],
+                               os.path.join(fig_dir, "post_moe_own_share.png"),
+                               "Post-MoE hybrid-k: own-family share per MoE layer (new languages)",
+                               rt["own_share"])
+    if path:
+      out["post_moe_own_share"] = path
+  return out
 
 
 def _table(header, rows) -> list[str]:
@@ -381,7 +400,9 @@ def render(r: dict) -> str:
        f"{'Quick run (structure check; its numbers mean little). ' if s['quick'] else ''}"
        f"{r['date']}, {mach['cores']} CPU cores ({mach['cpu']}), jax {mach['jax']}, "
        f"flax {mach['flax']}; {n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}); "
-       f"total wall time {_secs(r['wall_time']['total'])}. "
+       f"total wall time {_secs(r['wall_time']['total'])}"
+       + (f", CPU time {_secs(r['wall_time']['cpu_total'])} (user + sys)"
+          if r["wall_time"].get("cpu_total") is not None else "") + ". "
        f"Claims held (on the {'seed means' if n > 1 else 'numbers'}): {passed} of {len(r['claims'])}.",
        "",
        "    python -m medmoe_jax.experiments.expand --workdir=OUT" + (" --quick" if s["quick"] else ""),
@@ -392,19 +413,27 @@ def render(r: dict) -> str:
   if n > 1:
     L += [f"Mean ± standard deviation over the {n} seeds.", ""]
   b = r["base"]
-  rows = [[LABELS["base"], ppl(b["original_ppl"]), "0", ppl(b["new_ppl"]), "0", "–"]]
+  rows = [[LABELS["base"], ppl(b["original_ppl"]), "0", "100.0%", ppl(b["new_ppl"]), "0", "–"]]
+  points = r.get("tradeoff_points") or {}
   for t in r["table"]:
+    p = points.get(t["method"])
     rows.append([t["label"], _pm(t["original_ppl"], t["original_ppl_sd"], ppl),
                  _pm(t["original_change"], t["original_change_sd"], pct),
+                 "–" if not p else _pm(p["retention"], p["retention_sd"],
+                                       lambda x: f"{100 * x:.1f}%"),
                  _pm(t["new_ppl"], t["new_ppl_sd"], ppl), _pm(t["new_gain"], t["new_gain_sd"], pct),
                  f"{t['tokens_trained']:.0f}"])
   L += _table(["method", "original-language ppl", "change vs dense (forgetting)",
-               "new-language ppl", "gain vs dense", "tokens trained"], rows)
+               "retention of the base", "new-language ppl", "gain vs dense", "tokens trained"],
+              rows)
   L += ["", "Group perplexity: exp of the token-weighted mean held-out NLL over the group's "
-        "languages. Change: group ppl / dense base's - 1 (positive = forgot). Gain: 1 - group "
+        "languages. Change: group ppl / dense base's - 1 (positive = forgot). Retention: dense "
+        "base's original-language ppl / the model's (100% = nothing forgotten). Gain: 1 - group "
         "ppl / dense base's (positive = learned). Each seed compares with its own base.", ""]
   if r.get("figures", {}).get("tradeoff"):
-    L += [f"![trade-off]({r['figures']['tradeoff']})", ""]
+    L += ["The MoE-LPR paper's first figure: one point per method, original-language retention "
+          "against new-language gain" + (", error bars the sd over the seeds" if n > 1 else "")
+          + "; the top right is best.", "", f"![trade-off]({r['figures']['tradeoff']})", ""]
 
   L += ["## The papers' claims, checked", ""]
   for i, c in enumerate(r["claims"], 1):
@@ -461,7 +490,16 @@ def render(r: dict) -> str:
       L.append(f"- {LABELS[key]}: " + ", ".join(links))
   if pm and "own_share" in r["methods"]["post_moe"]["figures"]:
     L += ["", f"![Post-MoE own-family share]({r['methods']['post_moe']['figures']['own_share']})"]
+  for key, what in (("post_moe_own_share", "Post-MoE's own-family share per MoE layer"),
+                    ("moe_lpr_routing", "MoE-LPR's expert-0 probability per layer")):
+    if r.get("figures", {}).get(key):
+      L += ["", f"{what}" + (f", mean ± sd over the {n} seeds" if n > 1 else "") + ":", "",
+            f"![{what}]({r['figures'][key]})"]
   L.append("")
+  so = r.get("spread_out")
+  if so:
+    from medmoe_jax.experiments import spread_out
+    L += ["## Spread Out in the End", ""] + spread_out.render(so, "spread_out/")
 
   L += ["## Base training", ""]
   settle = b.get("settled") or {}
@@ -545,8 +583,13 @@ def render(r: dict) -> str:
   if resumed:
     L += ["Resumed invocation: these runs had checkpoints when it started, so their phase times "
           "cover only what was left: " + ", ".join(resumed) + ".", ""]
-  L += _table(["phase", "wall time"], [[k, _secs(v)] for k, v in r["wall_time"]["phases"].items()]
-              + [["**total**", f"**{_secs(r['wall_time']['total'])}**"]])
+  cpu = r["wall_time"].get("phases_cpu") or {}
+  L += ["CPU time is the process's user + sys time (all threads): on a shared machine, CPU time "
+        "/ cores estimates an idle machine's wall time.", ""] if cpu else []
+  L += _table(["phase", "wall time", "CPU time"],
+              [[k, _secs(v), _secs(cpu.get(k))] for k, v in r["wall_time"]["phases"].items()]
+              + [["**total**", f"**{_secs(r['wall_time']['total'])}**",
+                  f"**{_secs(r['wall_time'].get('cpu_total'))}**"]])
   L += ["", "## Files", "",
         "- `results.json`: every number above, each seed's under `per_seed` (format "
         + r["format"] + ").",
@@ -555,5 +598,11 @@ def render(r: dict) -> str:
   return "\n".join(L)
 
 
+def _last_probs(review: dict) -> list | None:
+  pts = [c["expert0_prob"] for c in review.get("curve", []) if c.get("expert0_prob")]
+  return pts[-1] if pts else None
+
+
 def _list(xs) -> str:
-  return "–" if xs is None else "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"
+  return "–" if xs is None else "[" + ", ".join("n/a" if x is None else f"{x:.3f}"
+                                                for x in xs) + "]"

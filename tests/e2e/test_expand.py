@@ -69,11 +69,14 @@ def test_quick_run_writes_report_results_and_figures(quick):
   assert set(pm["own_share"]) == {"sw", "ha", "mg"} and len(pm["own_share_mean"]) == 2
   assert len(res["methods"]["moe_lpr"]["routing"]["expert0_share"]["original"]) == 3  # all layers
 
-  # Claims: five, each verdict what its numbers say.
+  # Claims: eight, each verdict what its numbers say.
   claims = {c["id"]: c for c in res["claims"]}
-  assert len(claims) == 5 and all(c["status"] in ("PASS", "FAIL") for c in claims.values())
+  assert len(claims) == 8 and all(c["status"] in ("PASS", "FAIL") for c in claims.values())
   assert all(c["per_seed"] == {"0": c["status"]} for c in claims.values())
   verdict = {
+      "full_ct_forgets": rows["dense_ct"]["original_change"] > 0.02,
+      "moe_lpr_gains_more": rows["moe_lpr"]["new_gain"] > rows["dense_ct"]["new_gain"],
+      "lpr_stage2_converges": review["converged"],
       "moe_lpr_keeps_original": rows["moe_lpr"]["original_change"] <= 0.02,
       "moe_ct_keeps_original": rows["moe_ct"]["original_change"] <= 0.02,
       "full_ct_forgets_more": rows["dense_ct"]["original_change"] > max(
@@ -99,10 +102,19 @@ def test_quick_run_writes_report_results_and_figures(quick):
   for m in (*METHODS, "moe_lpr_stage1"):
     line = next(l for l in table if l.startswith(f"| {expand_report.LABELS[m]} |"))
     cells = [c.strip() for c in line.strip("|").split("|")][1:]
-    assert len(cells) == 5 and all(math.isfinite(float(c.rstrip("%"))) for c in cells), line
-  assert len(re.findall(r"^\d\. \*\*(PASS|FAIL)\*\*", report, re.M)) == 5
+    assert len(cells) == 6 and all(math.isfinite(float(c.rstrip("%"))) for c in cells), line
+  assert len(re.findall(r"^\d\. \*\*(PASS|FAIL)\*\*", report, re.M)) == 8
   links = re.findall(r"\]\(([^)]+\.png)\)", report)
   assert "figures/tradeoff.png" in links and "seed0/eval/post_moe/figures/routing_own_share.png" in links
+  assert {"figures/moe_lpr_routing.png", "figures/post_moe_own_share.png"} <= set(links)
+  # The scatter's points: retention (base ppl / model ppl) and gain of the one seed.
+  for m in METHODS:
+    p = res["tradeoff_points"][m]
+    assert p["retention"] == pytest.approx(1 / (1 + rows[m]["original_change"]))
+    assert p["gain"] == pytest.approx(rows[m]["new_gain"]) and p["gain_sd"] is None
+  # CPU time: per phase and in all.
+  assert set(res["wall_time"]["phases_cpu"]) == set(phases)
+  assert 0 < res["wall_time"]["cpu_total"] and "CPU time" in report
   assert all(os.path.isfile(quick / l) for l in links)
 
 

@@ -29,7 +29,7 @@ def test_synthetic_languages_are_checked_before_any_compute(tmp_path):
 @pytest.mark.e2e
 def test_quick_run_on_the_synthetic_corpus(tmp_path):
   out = tmp_path / "out"
-  res = expand.main(["--workdir", str(out), "--quick", "--no_progress"])
+  res = expand.main(["--workdir", str(out), "--quick", "--no_progress", "--spread_out"])
   s = res["settings"]
   assert s["corpus"] == "synthetic" and res["languages"]["original"] == ORIGINAL
   assert res["languages"]["new"] == NEW and res["languages"]["family"] == FAMILIES
@@ -78,7 +78,19 @@ def test_quick_run_on_the_synthetic_corpus(tmp_path):
   assert pm["experts"] == ["Synthetic A", "Synthetic B", "Synthetic C", "Synthetic D"]
   assert set(pm["own_share"]) == set(NEW)
 
+  # "Spread Out in the End": its own process, an all-layers hybrid-k model on its own corpus; the
+  # quarter check follows its profile.
+  so = res["spread_out"]
+  assert so["settings"]["num_layers"] == 4 and so["layers"] == [0, 1, 2, 3]
+  assert len(so["families"]) == 6 and len(so["own_share_mean"]) == 4
+  first, last = so["own_share_mean"][0], so["own_share_mean"][-1]
+  assert so["check"]["status"] == ("PASS" if last > first else "FAIL")
+  assert so["check"]["first_quarter"] == pytest.approx(first)
+  assert os.path.isfile(out / "spread_out" / "own_share.png") and so["cpu_time"] > 0
+  assert any(p.startswith("spread-out: wait") for p in res["wall_time"]["phases"])
+
   report = open(out / "report.md").read()
+  assert "## Spread Out in the End" in report and "](spread_out/own_share.png)" in report
   for text in ("## Base training", "## MoE-LPR stage 2", "- Corpus: synthetic medical languages",
                f"Seed 0: mean router probability of expert 0", "a BPE tokenizer trained on the corpus"):
     assert text in report, text

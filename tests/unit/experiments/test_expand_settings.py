@@ -8,7 +8,7 @@ from medmoe_jax.experiments import expand
 def test_defaults_follow_the_corpus():
   syn, sample = expand.Settings.make(), expand.Settings.make(corpus="sample")
   assert (syn.corpus, syn.original, syn.new, syn.base_steps) == (
-      "synthetic", ("qaa", "qab", "qba"), ("qca", "qcb", "qda"), 400)
+      "synthetic", ("qaa", "qab", "qba"), ("qca", "qcb", "qda"), 600)
   assert (sample.original, sample.new, sample.base_steps) == (("en", "zh", "es"), ("sw", "ha", "mg"), 120)
   assert expand.Settings.make(corpus="sample", base_steps=50, new=("sw",)).base_steps == 50
   quick = expand.Settings.make(True, corpus="sample")
