@@ -39,11 +39,11 @@ def retention(original_ppl: float | None, base_original_ppl: float | None) -> fl
   return base_original_ppl / original_ppl
 
 
-def tradeoff_points(results: dict) -> dict:
+def tradeoff_points(results: dict, methods=SCATTER_METHODS) -> dict:
   """{method: {retention, retention_sd, gain, gain_sd, seeds}}: each seed's retention (against
   its own base) and new-language gain, then their mean and sample sd over the seeds."""
   points = {}
-  for m in SCATTER_METHODS:
+  for m in methods:
     ret, gain = [], []
     for sr in results["per_seed"].values():
       row = sr["methods"][m]
@@ -73,16 +73,17 @@ def scatter_xy(points: dict) -> dict:
 def tradeoff_scatter(points: dict, path: str) -> str | None:
   """x: new-language gain (higher is better), y: original-language retention (higher is better);
   the top right corner is the paper's goal."""
-  xy = scatter_xy(points)
+  xy = scatter_xy({m: p for m, p in points.items() if m in SCATTER_METHODS})
   if not xy:
     return None
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6.2, 4.6))
   colors = {"dense_ct": "tab:red", "post_moe": "tab:orange", "moe_lpr": "tab:blue",
             "moe_ct": "tab:green"}
-  for m, (x, y, xerr, yerr) in xy.items():
-    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", ms=8, capsize=4, color=colors.get(m),
-                label=SCATTER_LABELS.get(m, m))
+  markers = {"dense_ct": "s", "post_moe": "D", "moe_lpr": "o", "moe_ct": "^"}
+  for m, (x, y, xerr, yerr) in xy.items():  # distinct markers: points may coincide
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=markers.get(m, "o"), ms=8, capsize=4,
+                alpha=0.8, color=colors.get(m), label=SCATTER_LABELS.get(m, m))
   ax.axhline(100, color="gray", ls="--", lw=1, label="base (no forgetting)")
   ax.set_xlabel("new languages: perplexity gain vs the base (%)")
   ax.set_ylabel("original languages: retention of the base (%)\n(base ppl / model ppl)")

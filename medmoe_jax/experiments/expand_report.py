@@ -229,12 +229,17 @@ def build(s, per_seed: dict, phases: dict, families: dict) -> dict:
       "per_seed": {str(k): per_seed[k] for k in seeds},
       "wall_time": {"phases": dict(phases), "total": None},
   }
+  check_claims(results)
+  return results
+
+
+def check_claims(results: dict) -> None:
+  """The claims on the seed means, each with every seed's own verdict beside."""
   results["claims"] = claims(results)
   for c in results["claims"]:
-    c["per_seed"] = {str(k): next(x["status"] for x in per_seed[k]["claims"] if x["id"] == c["id"])
-                     for k in seeds}
+    c["per_seed"] = {str(k): next(x["status"] for x in sr["claims"] if x["id"] == c["id"])
+                     for k, sr in results["per_seed"].items()}
     c["held_in_seeds"] = sum(v == "PASS" for v in c["per_seed"].values())
-  return results
 
 
 def corpus_info(s) -> dict:
@@ -349,7 +354,7 @@ def figures(results: dict, fig_dir: str) -> dict[str, str]:
   from medmoe_jax.experiments import expand_figures as ef
   os.makedirs(fig_dir, exist_ok=True)
   out = {}
-  results["tradeoff_points"] = ef.tradeoff_points(results)
+  results["tradeoff_points"] = ef.tradeoff_points(results, [key for key, _ in ROWS])
   path = ef.tradeoff_scatter(results["tradeoff_points"], os.path.join(fig_dir, "tradeoff.png"))
   if path:
     out["tradeoff"] = path
@@ -401,11 +406,14 @@ def render(r: dict) -> str:
        f"{r['date']}, {mach['cores']} CPU cores ({mach['cpu']}), jax {mach['jax']}, "
        f"flax {mach['flax']}; {n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}); "
        f"total wall time {_secs(r['wall_time']['total'])}"
-       + (f", CPU time {_secs(r['wall_time']['cpu_total'])} (user + sys)"
+       + (f", CPU time {_secs(r['wall_time']['cpu_total'])} (user + sys; / {mach['cores']} "
+          f"cores = {_secs(r['wall_time']['cpu_total'] / mach['cores'])}, the wall time on an "
+          "idle machine if every core is kept busy)"
           if r["wall_time"].get("cpu_total") is not None else "") + ". "
        f"Claims held (on the {'seed means' if n > 1 else 'numbers'}): {passed} of {len(r['claims'])}.",
        "",
-       "    python -m medmoe_jax.experiments.expand --workdir=OUT" + (" --quick" if s["quick"] else ""),
+       "    python -m medmoe_jax.experiments.expand --workdir=OUT" + (" --quick" if s["quick"] else "")
+       + (" --spread_out" if s.get("spread_out") else ""),
        "",
        "A dense model trained on the original languages is expanded to the new ones four ways with "
        "the same token budget; each result is evaluated by the eval job on held-out text.", "",
@@ -477,10 +485,11 @@ def render(r: dict) -> str:
   for key in ("moe_lpr_stage1", "moe_lpr"):
     rt = r["methods"][key]["routing"]
     if rt:
-      e0 = rt["expert0_share"]
+      e0, p0 = rt["expert0_share"], rt.get("expert0_prob") or {}
       L.append(f"- {LABELS[key]}: share of assignments to expert 0 (the frozen original FFN) per "
                f"layer, original languages {_list(e0['original'])}, new languages "
-               f"{_list(e0['new'])} (uniform {rt['uniform_share']:.3f}).")
+               f"{_list(e0['new'])} (uniform {rt['uniform_share']:.3f}); its mean router "
+               f"probability, original {_list(p0.get('original'))}, new {_list(p0.get('new'))}.")
   L += ["", f"Figures (seed {seeds[0]}; the eval job's):", ""]
   for key in ("post_moe", "moe_lpr_stage1", "moe_lpr", "moe_ct"):
     figs = r["methods"][key]["figures"]
@@ -488,8 +497,6 @@ def render(r: dict) -> str:
              if name in figs]
     if links:
       L.append(f"- {LABELS[key]}: " + ", ".join(links))
-  if pm and "own_share" in r["methods"]["post_moe"]["figures"]:
-    L += ["", f"![Post-MoE own-family share]({r['methods']['post_moe']['figures']['own_share']})"]
   for key, what in (("post_moe_own_share", "Post-MoE's own-family share per MoE layer"),
                     ("moe_lpr_routing", "MoE-LPR's expert-0 probability per layer")):
     if r.get("figures", {}).get(key):
@@ -606,3 +613,58 @@ def _last_probs(review: dict) -> list | None:
 def _list(xs) -> str:
   return "–" if xs is None else "[" + ", ".join("n/a" if x is None else f"{x:.3f}"
                                                 for x in xs) + "]"
+
+
+def rerender(out: str) -> dict:
+  """report.md, the figures and the claims again from OUT/results.json's numbers (after a change
+  to this module; nothing is retrained or re-evaluated)."""
+  with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+    results = json.load(f)
+  for sr in results["per_seed"].values():
+    sr["claims"] = claims(sr)
+  check_claims(results)
+  write(results, out)
+  return results
+
+
+def publish(out: str, md_path: str, note: str = "") -> list[str]:
+  """OUT/report.md as a page elsewhere (docs/expand_report.md): the images it shows are copied
+  beside it, into <md_path without .md>/ (flat names), and linked there; links to OUT's other
+  files become `OUT/...` text. Returns the copied images' paths."""
+  import re
+  import shutil
+  with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+    text = f.read()
+  fig_dir = os.path.splitext(md_path)[0]
+  rel_dir = os.path.basename(fig_dir)
+  os.makedirs(fig_dir, exist_ok=True)
+  copied = []
+
+  def image(m):
+    alt, path = m.group(1), m.group(2)
+    name = path.replace("/", "_").replace("figures_", "")
+    shutil.copyfile(os.path.join(out, path), os.path.join(fig_dir, name))
+    copied.append(os.path.join(fig_dir, name))
+    return f"![{alt}]({rel_dir}/{name})"
+
+  text = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", image, text)
+  text = re.sub(r"(?<!!)\[([^\]]*)\]\(([^)]+)\)", lambda m: f"{m.group(1)} `OUT/{m.group(2)}`",
+                text)
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write((f"<!-- {note} -->\n\n" if note else "") + text)
+  return copied
+
+
+if __name__ == "__main__":
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m medmoe_jax.experiments.expand_report",
+                              description="Re-render OUT/report.md and OUT/figures from "
+                              "OUT/results.json; --publish also writes it as a page elsewhere")
+  p.add_argument("out", help="the experiment's workdir")
+  p.add_argument("--publish", default="", help="e.g. docs/expand_report.md: the report with its "
+                 "images copied beside it (docs/expand_report/)")
+  p.add_argument("--note", default="", help="an HTML comment at the top of the published page")
+  a = p.parse_args()
+  rerender(a.out)
+  if a.publish:
+    publish(a.out, a.publish, a.note)

@@ -106,6 +106,8 @@ def test_quick_run_writes_report_results_and_figures(quick):
   assert len(re.findall(r"^\d\. \*\*(PASS|FAIL)\*\*", report, re.M)) == 8
   links = re.findall(r"\]\(([^)]+\.png)\)", report)
   assert "figures/tradeoff.png" in links and "seed0/eval/post_moe/figures/routing_own_share.png" in links
+  images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
+  assert images == ["figures/tradeoff.png", "figures/post_moe_own_share.png", "figures/moe_lpr_routing.png"]
   assert {"figures/moe_lpr_routing.png", "figures/post_moe_own_share.png"} <= set(links)
   # The scatter's points: retention (base ppl / model ppl) and gain of the one seed.
   for m in METHODS:
@@ -161,3 +163,18 @@ def test_group_perplexity_weights_every_token_once():
   ppl = {"a": {"nll": 1.0, "tokens": 30}, "b": {"nll": 3.0, "tokens": 10}, "c": {"nll": 9.0, "tokens": 0}}
   assert expand_report.group_ppl(ppl, ["a", "b", "c", "zz"]) == pytest.approx(math.exp(1.5))
   assert expand_report.group_ppl(ppl, ["c"]) is None
+
+
+def test_report_rerenders_from_results_json(quick, tmp_path):
+  """`python -m medmoe_jax.experiments.expand_report OUT`: the same report, claims and figures
+  from results.json alone; a changed number changes the verdict."""
+  import shutil
+  shutil.copy(quick / "results.json", tmp_path / "results.json")
+  res = expand_report.rerender(str(tmp_path))
+  assert (tmp_path / "report.md").read_text() == (quick / "report.md").read_text()
+  assert res["claims"] == json.load(open(quick / "results.json"))["claims"]
+  assert {"tradeoff.png", "moe_lpr_routing.png"} <= set(os.listdir(tmp_path / "figures"))
+  res["per_seed"]["0"]["methods"]["moe_lpr"]["new_gain"] = res["methods"]["moe_lpr"]["new_gain"] = 9.0
+  json.dump(res, open(tmp_path / "results.json", "w"))
+  again = {c["id"]: c for c in expand_report.rerender(str(tmp_path))["claims"]}
+  assert again["moe_lpr_gains_more"]["status"] == "PASS" and again["moe_lpr_gains_more"]["per_seed"] == {"0": "PASS"}
