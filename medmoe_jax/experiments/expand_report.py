@@ -656,15 +656,18 @@ def publish(out: str, md_path: str, note: str = "") -> list[str]:
 
 
 if __name__ == "__main__":
-  import argparse
-  p = argparse.ArgumentParser(prog="python -m medmoe_jax.experiments.expand_report",
-                              description="Re-render OUT/report.md and OUT/figures from "
-                              "OUT/results.json; --publish also writes it as a page elsewhere")
+  from medmoe_jax.training import faults
+  p = faults.ArgumentParser(prog="python -m medmoe_jax.experiments.expand_report",
+                            description="Re-render OUT/report.md and OUT/figures from "
+                            "OUT/results.json; --publish also writes it as a page elsewhere")
   p.add_argument("out", help="the experiment's workdir")
   p.add_argument("--publish", default="", help="e.g. docs/expand_report.md: the report with its "
                  "images copied beside it (docs/expand_report/)")
   p.add_argument("--note", default="", help="an HTML comment at the top of the published page")
   a = p.parse_args()
+  if not os.path.isfile(os.path.join(a.out, "results.json")):
+    raise SystemExit(f"error: {os.path.join(a.out, 'results.json')} not found: OUT is the "
+                     "workdir of a finished `python -m medmoe_jax.experiments.expand` run")
   rerender(a.out)
   if a.publish:
     publish(a.out, a.publish, a.note)

@@ -20,7 +20,6 @@ seed<k>/eval; rerunning resumes.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -285,8 +284,9 @@ def _prepare_workdir(s: Settings, out: str) -> None:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(prog="python -m medmoe_jax.experiments.spread_out",
-                              description=__doc__.split("\n\n")[0])
+  from medmoe_jax.training import faults
+  p = faults.ArgumentParser(prog="python -m medmoe_jax.experiments.spread_out",
+                            description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="output directory (report.md, results.json, "
                  "own_share.png, corpus/, seed<k>/); rerunning into it resumes")
   p.add_argument("--quick", action="store_true", help="tiny model and corpus: checks it runs")
