@@ -28,9 +28,15 @@ ways of teaching a trained model new languages:
   3. eval       the eval job (medmoe_jax/eval.py) on every model: held-out perplexity per
                 language, routing per language and layer for the MoE models;
   4. report     OUT/report.md and OUT/results.json (experiments/expand_report.py): forgetting
-                (original-language perplexity change) and gain (new-language perplexity) per
-                method, the papers' claims checked one by one from the numbers, routing figures,
-                seeds, wall time per phase, the machine.
+                (original-language perplexity change), retention and gain (new-language
+                perplexity) per method, the papers' claims checked one by one from the numbers,
+                the figures (experiments/expand_figures.py: the MoE-LPR paper's retention-vs-gain
+                scatter, MoE-LPR's expert-0 probability and Post-MoE's own-family share per
+                layer, all over the seeds), wall and CPU time per phase, the machine.
+                `python -m medmoe_jax.experiments.expand_report OUT` re-renders it from
+                results.json;
+  --spread_out  "Spread Out in the End" (experiments/spread_out.py) in its own process beside
+                the seeds, into OUT/spread_out; the report carries its section.
 
 Everything runs in this process on one device through the Python APIs (Trainer, Evaluator).
 OUT keeps seed<k>/runs/<name>/ (training workdirs), seed<k>/eval/<name>/ (the eval job's
