@@ -546,13 +546,14 @@ def run(s: Settings, out: str, *, progress: bool = True, clock: Clock | None = N
   clock = clock or Clock()
   clock.log(f"workdir {out}; original {','.join(s.original)} -> new {','.join(s.new)}; "
             f"{'quick' if s.quick else 'default'} settings, seeds {', '.join(map(str, s.seeds))}")
+  # Started before this process has threads (JAX's): a fork then is safe.
+  spread = start_spread_out(s, out, clock) if s.spread_out else None
   if not jax.config.jax_compilation_cache_dir:
     # Every seed runs the same programs: later seeds read their compiled code from here.
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
   prepare_corpus(s, out, clock)
   mesh = sharding.make_mesh(run_config("base", s, out, s.seeds[0]), jax.devices()[:1])
   per_seed = {}
-  spread = start_spread_out(s, out, clock) if s.spread_out else None
   # --quick: the "rbg" PRNG, whose initialisers compile about twice as fast as threefry's (the
   # random bits differ, which a structure check does not care about).
   try:
