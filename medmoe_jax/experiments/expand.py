@@ -548,15 +548,15 @@ def run(s: Settings, out: str, *, progress: bool = True, clock: Clock | None = N
             f"{'quick' if s.quick else 'default'} settings, seeds {', '.join(map(str, s.seeds))}")
   # Started before this process has threads (JAX's): a fork then is safe.
   spread = start_spread_out(s, out, clock) if s.spread_out else None
-  if not jax.config.jax_compilation_cache_dir:
-    # Every seed runs the same programs: later seeds read their compiled code from here.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
-  prepare_corpus(s, out, clock)
-  mesh = sharding.make_mesh(run_config("base", s, out, s.seeds[0]), jax.devices()[:1])
   per_seed = {}
-  # --quick: the "rbg" PRNG, whose initialisers compile about twice as fast as threefry's (the
-  # random bits differ, which a structure check does not care about).
   try:
+    if not jax.config.jax_compilation_cache_dir:
+      # Every seed runs the same programs: later seeds read their compiled code from here.
+      jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
+    prepare_corpus(s, out, clock)
+    mesh = sharding.make_mesh(run_config("base", s, out, s.seeds[0]), jax.devices()[:1])
+    # --quick: the "rbg" PRNG, whose initialisers compile about twice as fast as threefry's (the
+    # random bits differ, which a structure check does not care about).
     with jax.default_prng_impl("rbg" if s.quick else jax.config.jax_default_prng_impl):
       for seed in s.seeds:
         trained, evaluated = {}, {}
