@@ -134,7 +134,8 @@ def lpr_routing_figure(results: dict, path: str, target: float | None = None) ->
       if mean is None:
         continue
       x = np.arange(len(mean))
-      ax.errorbar(x, mean, yerr=sd, ls=style, marker="o", ms=4, capsize=3, color=colors[group],
+      ax.errorbar(x, mean, yerr=sd, ls=style, marker="o", ms=5, capsize=3, color=colors[group],
+                  mfc="white" if stage == "stage1" else colors[group],  # hollow: stage 1 only
                   label=f"{group} languages, {'stage 1' if stage == 'stage1' else 'stage 1 + 2'}")
   if target is not None:
     ax.axhline(target, color="gray", ls=":", lw=1, label=f"stage-2 target {target}")
