@@ -178,3 +178,19 @@ def test_report_rerenders_from_results_json(quick, tmp_path):
   json.dump(res, open(tmp_path / "results.json", "w"))
   again = {c["id"]: c for c in expand_report.rerender(str(tmp_path))["claims"]}
   assert again["moe_lpr_gains_more"]["status"] == "PASS" and again["moe_lpr_gains_more"]["per_seed"] == {"0": "PASS"}
+
+
+def test_publish_copies_the_shown_images_beside_the_page(quick, tmp_path):
+  md = tmp_path / "docs" / "expand_report.md"
+  copied = expand_report.publish(str(quick), str(md), "made by the test")
+  page = md.read_text()
+  assert page.startswith("<!-- made by the test -->")
+  shown = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page)
+  assert shown == ["expand_report/tradeoff.png", "expand_report/post_moe_own_share.png",
+                   "expand_report/moe_lpr_routing.png"]
+  assert sorted(copied) == sorted(str(md.parent / s) for s in shown)
+  for s in shown:  # the very files the run drew
+    name = os.path.basename(s)
+    assert (md.parent / s).read_bytes() == (quick / "figures" / name).read_bytes()
+  assert "`OUT/seed0/eval/post_moe/figures/routing_own_share.png`" in page
+  assert not re.search(r"(?<!!)\[[^\]]*\]\(", page)  # no link into OUT is left dangling
