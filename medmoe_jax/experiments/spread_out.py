@@ -26,7 +26,8 @@ import os
 import sys
 import time
 
-from medmoe_jax.experiments import expand, expand_figures
+from medmoe_jax.experiments import common, expand_figures
+from medmoe_jax.experiments.common import ExperimentError
 
 FORMAT = "medmoe_jax.experiments.spread_out/1"
 
@@ -67,16 +68,16 @@ QUICK = dict(families=3, languages_per_family=2, corpus_docs=60, tokenizer_vocab
 
 def check(s: Settings) -> None:
   if s.num_layers < 4:
-    raise expand.ExperimentError(f"--num_layers must be >= 4 (quarters of the layers are "
+    raise ExperimentError(f"--num_layers must be >= 4 (quarters of the layers are "
                                  f"compared), got {s.num_layers}")
   if s.families < 2:
-    raise expand.ExperimentError(f"--families must be >= 2, got {s.families}")
+    raise ExperimentError(f"--families must be >= 2, got {s.families}")
   if not s.seeds or len(set(s.seeds)) != len(s.seeds):
-    raise expand.ExperimentError(f"--seed/--num_seeds: need distinct seeds, got {s.seeds}")
+    raise ExperimentError(f"--seed/--num_seeds: need distinct seeds, got {s.seeds}")
   try:
     corpus_settings(s).codes()
   except ValueError as e:
-    raise expand.ExperimentError(f"--families/--languages_per_family: {e}") from None
+    raise ExperimentError(f"--families/--languages_per_family: {e}") from None
 
 
 def corpus_settings(s: Settings):
@@ -89,7 +90,7 @@ def run_config(name: str, s: Settings, out: str, seed: int):
   """"base": configs/dense.py; "hybrid": configs/hybrid_k12_all.py with one expert per family
   of the corpus, upcycled from the base. Both on every language of the corpus."""
   from medmoe_jax.data import synthetic
-  c = expand.load_config("dense" if name == "base" else "hybrid_k12_all")
+  c = common.load_config("dense" if name == "base" else "hybrid_k12_all")
   c.name = f"spread_out_{name}"
   c.seed = seed
   steps = s.base_steps if name == "base" else s.steps
@@ -118,12 +119,12 @@ def train(name: str, s: Settings, out: str, seed: int, mesh, clock, progress: bo
       t.run(progress=progress)
     finally:
       t.close()
-  return expand.loss_summary(expand.read_metrics(workdir))
+  return common.loss_summary(common.read_metrics(workdir))
 
 
 def evaluate(s: Settings, out: str, seed: int, mesh, clock, progress: bool) -> dict:
   from medmoe_jax.evaluation.evaluator import Evaluator
-  c = expand.load_config("eval")
+  c = common.load_config("eval")
   c.checkpoint = os.path.join(out, f"seed{seed}", "runs", "hybrid")
   c.tasks = "perplexity,routing"
   c.perplexity.max_batches = s.eval_max_batches
@@ -168,11 +169,11 @@ def run(s: Settings, out: str, *, progress: bool = False, clock=None, mesh=None)
 
   check(s)
   out = os.path.abspath(out)
-  clock = clock or expand.Clock()
-  _prepare_workdir(s, out)
+  clock = clock or common.Clock()
+  common.pin_settings(s, out, "a spread-out run")
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
-  t0, cpu0 = time.time(), expand.cpu_seconds()
+  t0, cpu0 = time.time(), common.cpu_seconds()
   corpus = os.path.join(out, "corpus")
   if not os.path.exists(os.path.join(corpus, "tokenizer.model")):
     with clock.phase("spread-out: corpus"):
@@ -189,7 +190,7 @@ def run(s: Settings, out: str, *, progress: bool = False, clock=None, mesh=None)
       routing[seed] = evaluate(s, out, seed, mesh, clock, progress)
   res = summarize(routing)
   res.update(format=FORMAT, settings=json.loads(json.dumps(dataclasses.asdict(s))),
-             training=training, wall_time=time.time() - t0, cpu_time=expand.cpu_seconds() - cpu0)
+             training=training, wall_time=time.time() - t0, cpu_time=common.cpu_seconds() - cpu0)
   fig = expand_figures.own_share_figure(
       res["layers"], res["own_share_mean"], res["own_share_sd"], res["uniform_share"],
       os.path.join(out, "own_share.png"),
@@ -247,7 +248,7 @@ def start(s: Settings, out: str, log_path: str):
   """The spread-out experiment in its own process (it needs nothing from the expansion runs, so
   it uses a second core beside them): returns the Popen; `finish` waits and reads its results."""
   import subprocess
-  _prepare_workdir(s, out)
+  common.pin_settings(s, out, "a spread-out run")
   env = dict(os.environ)
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env["PYTHONPATH"] = os.pathsep.join(x for x in (root, env.get("PYTHONPATH")) if x)
@@ -265,22 +266,6 @@ def finish(proc, out: str, log_path: str) -> dict:
     raise RuntimeError(f"the spread-out process failed (exit {rc}); {log_path}:\n{tail}")
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     return json.load(f)
-
-
-def _prepare_workdir(s: Settings, out: str) -> None:
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, "settings.json")
-  mine = json.loads(json.dumps(dataclasses.asdict(s)))
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      theirs = json.load(f)
-    if theirs != mine:
-      diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-      raise expand.ExperimentError(f"{out} holds a spread-out run with other settings "
-                                   f"({', '.join(diff)}); choose an empty --workdir")
-  else:
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(mine, f, indent=2)
 
 
 def parse_args(argv=None):
@@ -302,7 +287,7 @@ def parse_args(argv=None):
 def load_settings(out: str) -> Settings:
   path = os.path.join(out, "settings.json")
   if not os.path.isfile(path):
-    raise expand.ExperimentError(f"--resume: {path} not found")
+    raise ExperimentError(f"--resume: {path} not found")
   with open(path, encoding="utf-8") as f:
     d = json.load(f)
   return Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
@@ -312,17 +297,15 @@ def main(argv=None) -> dict:
   from absl import logging
   logging.set_verbosity(logging.WARNING)
   args = parse_args(argv)
-  if args.quick and "jax" not in sys.modules and "xla_backend_optimization_level" not in \
-      os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
-                               expand.QUICK_XLA_FLAGS).strip()
+  if args.quick:
+    common.quick_xla_flags()
   n = args.num_seeds or 1
   try:
     s = (load_settings(args.workdir) if args.resume else
          Settings.make(args.quick, seeds=tuple(range(args.seed, args.seed + n)),
                        steps=args.steps, num_layers=args.num_layers))
     return run(s, args.workdir)
-  except expand.ExperimentError as e:
+  except ExperimentError as e:
     raise SystemExit(f"error: {e}") from None
 
 
