@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
 import grain
 import jax
@@ -31,11 +30,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from medmoe_jax import checkpoint_integrity as integrity
+from medmoe_jax import log
 from medmoe_jax.checkpoint_integrity import DamagedCheckpointError
 from medmoe_jax.errors import InputError
 from medmoe_jax.training import faults
 from medmoe_jax.treepath import path_str
 from medmoe_jax.training.step import TrainState
+
+_log = log.get(__name__)
 
 # Test hook (tests/test_kill_resume.py): "STEP:SECONDS" pauses the background save of STEP after
 # every file is written and before the rename that commits it, so a test can SIGKILL the process
@@ -153,8 +155,7 @@ class Checkpointer:
   def _set_aside(self, step: int, damage_text: str) -> None:
     moved = None if self._read_only else integrity.move_aside(self.step_dir(step))
     self.damaged_steps.append(step)
-    print(integrity.damaged_message(step, self.directory, damage_text, moved), file=sys.stderr,
-          flush=True)
+    _log.warning(integrity.damaged_message(step, self.directory, damage_text, moved))
 
   def save(self, step: int, state: TrainState, data_state: dict | None, *, force=False) -> bool:
     """Start saving `step` (async). Returns False, after printing why, when this save or the
@@ -195,8 +196,8 @@ class Checkpointer:
     latest = self.latest_step()
     kept = (f"step {latest} is the last complete checkpoint" if latest is not None
             else "no complete checkpoint exists yet")
-    print(f"checkpoint: saving step {step} in {self.directory} failed "
-          f"({faults.describe_save_error(e)}); {kept}", file=sys.stderr, flush=True)
+    _log.error(f"checkpoint: saving step {step} in {self.directory} failed "
+               f"({faults.describe_save_error(e)}); {kept}")
 
   def check_compatible(self, abstract_state: TrainState, step: int | None = None) -> None:
     """Raise CheckpointMismatchError naming the first array whose shape (or presence) differs
@@ -284,8 +285,7 @@ class Checkpointer:
       newest = self.latest_step()
       step = self.set_aside_damaged()
       if step is not None and step != newest:
-        print(f"using checkpoint step {step} in {self.directory}, the newest intact one",
-              file=sys.stderr, flush=True)
+        _log.warning(f"using checkpoint step {step} in {self.directory}, the newest intact one")
     if step is None:
       raise self.no_intact_checkpoint_error()
     if step not in self.all_steps():
@@ -337,8 +337,8 @@ class Checkpointer:
   def _test_pause(self):
     step, seconds = self._pause
     if self._inflight == step:
-      print(f"medmoe test hook: checkpoint step {step} is fully written to a temporary directory; "
-            f"pausing {seconds:g}s before committing it", file=sys.stderr, flush=True)
+      _log.warning(f"medmoe test hook: checkpoint step {step} is fully written to a temporary "
+                   f"directory; pausing {seconds:g}s before committing it")
       faults.wait_for_stop(seconds)
 
 

@@ -46,8 +46,11 @@ import sys
 
 import numpy as np
 
+from medmoe_jax import log
 from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.training import faults
+
+_log = log.get(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SUPPORTED = ("qwen2", "qwen3", "llama", "qwen2_moe", "qwen3_moe")
@@ -696,13 +699,12 @@ def _write_tokenizer(c, out: str, vocab_size: int) -> dict:
 
   spec = str(c.data.tokenizer)
   if not spec:
-    print(f"note: the run has no tokenizer (config.data.tokenizer=''); none written to {out}",
-          flush=True)
+    _log.info(f"note: the run has no tokenizer (config.data.tokenizer=''); none written to {out}")
     return {}
   tok = tok_lib.load_tokenizer(spec)
   if tok.vocab_size > vocab_size:  # a model this tokenizer never fed (its ids would not fit)
-    print(f"note: tokenizer {spec!r} has {tok.vocab_size} tokens, more than the model's "
-          f"vocab_size={vocab_size}; none written to {out}", flush=True)
+    _log.info(f"note: tokenizer {spec!r} has {tok.vocab_size} tokens, more than the model's "
+              f"vocab_size={vocab_size}; none written to {out}")
     return {}
   if tok.kind == "sentencepiece":
     template = tokenizer_json.CHAT_TEMPLATES.get(str(c.data.get("chat_template", "apollo")))

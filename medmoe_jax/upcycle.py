@@ -27,8 +27,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from medmoe_jax import log
 from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.model.spec import ModelSpec
+
+_log = log.get(__name__)
 
 # Names in the param tree (model/layers.py, model/moe.py, model/transformer.py).
 DENSE_FFN = ("gate_proj", "up_proj", "down_proj")
@@ -218,11 +221,9 @@ def find_step_dir(path: str):
     damage = _verify_once(p / str(step))
     if damage is None:
       if step != steps[-1]:
-        print(f"using checkpoint step {step} in {p}, the newest intact one", flush=True)
+        _log.info(f"using checkpoint step {step} in {p}, the newest intact one")
       return p / str(step), step
-    import sys
-    print(integrity.damaged_message(step, p, damage.describe(p / str(step))), file=sys.stderr,
-          flush=True)
+    _log.warning(integrity.damaged_message(step, p, damage.describe(p / str(step))))
   raise integrity.DamagedCheckpointError(f"no intact checkpoint at {path}: every step is damaged "
                                          f"({', '.join(map(str, steps))}; see above)")
 
@@ -339,6 +340,6 @@ def initial_params(method: str, src: str, spec: ModelSpec, fresh, mesh, param_sh
     params = fn(loaded, fresh)
   if jax.process_index() == 0:
     how = "loaded" if method == "none" else f"upcycled ({method})"
-    print(f"params {how} from {src} (step {step}); optimizer state fresh", flush=True)
+    _log.info(f"params {how} from {src} (step {step}); optimizer state fresh")
   return params
 

@@ -37,7 +37,10 @@ import socket
 import sys
 import threading
 
+from medmoe_jax import log
 from medmoe_jax.errors import InputError
+
+_log = log.get(__name__)
 
 EXIT_INPUT = 2
 EXIT_NONFINITE = 3
@@ -129,9 +132,8 @@ class PreemptionGuard:
       return
     self.received = name
     _stop_event.set()
-    print(f"received {name}: writing a checkpoint at the end of the current step, then "
-          f"stopping (exit code {EXIT_PREEMPTED}); send it again to stop now", file=sys.stderr,
-          flush=True)
+    _log.warning(f"received {name}: writing a checkpoint at the end of the current step, then "
+                 f"stopping (exit code {EXIT_PREEMPTED}); send it again to stop now")
 
   def should_stop(self, step: int) -> bool:
     if self._multiprocess:

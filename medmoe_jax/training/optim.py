@@ -21,7 +21,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from medmoe_jax import log
 from medmoe_jax.treepath import path_str  # re-exported: tests and upcycle name it here
+
+_log = log.get(__name__)
 
 FROZEN, TRAINABLE = "frozen", "trainable"
 
@@ -185,5 +188,5 @@ def make_optimizer(train_cfg, params, freeze_patterns: list[str], *, frozen_expe
   if verbose and jax.process_index() == 0:
     trainable, frozen = param_counts(params, labels, experts)
     extra = f"; experts {list(experts)} frozen in every MoE layer" if experts else ""
-    print(describe_counts(trainable, frozen) + extra, flush=True)
+    _log.info(describe_counts(trainable, frozen) + extra)
   return tx, labels

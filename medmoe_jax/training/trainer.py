@@ -23,7 +23,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from medmoe_jax import config as cfg_lib
-from medmoe_jax import fileio, paths, sharding, upcycle
+from medmoe_jax import fileio, log, paths, sharding, upcycle
 from medmoe_jax.checkpoint import Checkpointer, abstract_with_shardings
 from medmoe_jax.data import corpus
 from medmoe_jax.data.tokenizer import load_tokenizer
@@ -34,6 +34,8 @@ from medmoe_jax.model import Transformer, moe
 from medmoe_jax.training import faults, optim
 from medmoe_jax.training import step as step_lib
 from medmoe_jax.training.metric_window import CHECKPOINT_KEY, MetricWindow
+
+_log = log.get(__name__)
 
 
 def data_files(c) -> list[str]:
@@ -189,8 +191,7 @@ class Trainer:
       iterator.set_state(data_state)
     newest = (f", the newest intact one (damaged: {', '.join(map(str, self.checkpointer.damaged_steps))})"
               if self.checkpointer.damaged_steps else "")
-    print(f"resuming from checkpoint step {step} in {self.checkpointer.directory}{newest}",
-          flush=True)
+    _log.info(f"resuming from checkpoint step {step} in {self.checkpointer.directory}{newest}")
     return state, iterator
 
   # --- The loop.
@@ -308,8 +309,8 @@ class Trainer:
         raise faults.NonFiniteError(
             faults.nonfinite_message(step, loss, gnorm, latest, ckpt.directory), step, latest)
       window.skipped += 1
-      print(f"step {step}: non-finite loss={loss} grad_norm={gnorm}; update skipped "
-            "(config.train.on_nonfinite='skip')", file=sys.stderr, flush=True)
+      _log.warning(f"step {step}: non-finite loss={loss} grad_norm={gnorm}; update skipped "
+                   "(config.train.on_nonfinite='skip')")
     else:
       window.add(m)
 
@@ -373,14 +374,14 @@ def train(c, workdir: str | None = None, *, logdir: str | None = None):
   trainer = Trainer(c, workdir, checkpoint_dir=checkpoint_dir).setup()
   lead = jax.process_index() == 0
   if lead:
-    print(f"{c.name}: segments {trainer.spec.segments}, mesh {dict(trainer.mesh.shape)}, "
-          f"{jax.process_count()} process(es), workdir {workdir}"
-          + (f", checkpoints {checkpoint_dir}" if checkpoint_dir else ""), flush=True)
+    _log.info(f"{c.name}: segments {trainer.spec.segments}, mesh {dict(trainer.mesh.shape)}, "
+              f"{jax.process_count()} process(es), workdir {workdir}"
+              + (f", checkpoints {checkpoint_dir}" if checkpoint_dir else ""))
     for note in (moe.kernel_note(trainer.spec.moe, jax.default_backend())
                  if trainer.spec.moe_layer_indices else None,
                  cpu_allocator_hint(jax.default_backend())):
       if note:
-        print(note, flush=True)
+        _log.info(note)
   state = trainer.run()
   trainer.close()
   if lead:
