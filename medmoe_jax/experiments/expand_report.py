@@ -578,8 +578,10 @@ def render(r: dict) -> str:
         f"{100 * split['replay_share']:.0f}% of documents replayed from the original ones.",
         f"- Held-out text: {r['heldout']['what']}. Tokens per language: "
         + ", ".join(f"{l} {k}" for l, k in r["heldout"]["tokens"].items())
-        + ". With a few hundred tokens per language, one seed's differences of a few percent "
-        "can be noise; the seeds show how much.",
+        + (". With a few hundred tokens per language, one seed's differences of a few percent "
+           "can be noise; the seeds show how much."
+           if min(r["heldout"]["tokens"].values(), default=0) < 2000 else
+           ". The seeds' spread, not the held-out sample, is the noise that matters here."),
         f"- Seeds: {', '.join(map(str, seeds))} ({r['seeds']['note']}).",
         f"- Machine: {mach['platform']}, Python {mach['python']}, {mach['devices']}.", ""]
 
