@@ -202,15 +202,6 @@ question_prompt_ja_choice = """User:あなたは現実世界の健康診断の�
 {options}
 Assistant:"""
 
-
-
-
-def preprocess(args):
-    data_final = []
-    with open(args.data_path, 'r') as file:
-        data = json.load(file)
-    grouped_items = {}
-
 # pylint: enable=line-too-long,trailing-whitespace
 
 OFFICIAL_EOS_TEXT = "<|endoftext|>"

@@ -30,12 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import generate as gen_lib
 from medmoe_jax import sharding
 from medmoe_jax.checkpoint import Checkpointer, abstract_with_shardings, read_run_config
+from medmoe_jax.data.tokenizer import load_tokenizer
+from medmoe_jax.model import Transformer
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int | None]:
@@ -80,7 +83,6 @@ def _fetch(x):
   if x is None:
     return None
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
 
@@ -175,8 +177,6 @@ class LanguageModel:
     """A model already in memory (e.g. from a training loop): run is the run's resolved config
     (`config.resolve`; with num_devices when no mesh is given), params its pure-dict parameters
     (placed on `mesh`'s shardings if they are not)."""
-    from medmoe_jax.data.tokenizer import load_tokenizer
-
     if graphdef is None:
       abstract = nnx.eval_shape(lambda: _transformer(run.model))
       graphdef, aparams = nnx.split(abstract, nnx.Param)
@@ -354,6 +354,5 @@ def request_ids(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 def _transformer(spec):
-  from medmoe_jax.model import Transformer
   return Transformer(spec, rngs=nnx.Rngs(0))
 

@@ -32,7 +32,7 @@ import numpy as np
 from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 from medmoe_jax.evaluation import apollo, templates
 from medmoe_jax.evaluation.accuracy import DEFAULT_EXCLUDED_FROM_AVERAGE, summarize  # noqa: F401 (re-exported)
-from medmoe_jax.languages import MAJOR_LANGUAGES
+from medmoe_jax.languages import LANGUAGE_NAMES, MAJOR_LANGUAGES
 
 LETTERS = "ABCDEF"
 
@@ -99,7 +99,6 @@ def source_language(source: str) -> str | None:
     return s.rsplit("_", 1)[-1]
   if "-" in s:  # minor-language sources end in -<lang>
     tail = s.rsplit("-", 1)[-1]
-    from medmoe_jax.languages import LANGUAGE_NAMES
     if tail in LANGUAGE_NAMES:
       return tail
   return None

@@ -94,6 +94,10 @@ def _cases(tmp):
       "eval: config.json malformed": (
           [*ev, f"--config.checkpoint={bad_json}"], E,
           rf"^error: {bad_json / 'config.json'}:1: malformed JSON"),
+      "eval: unknown task": (
+          [*ev, f"--config.checkpoint={bad_json}", "--config.tasks=mcq,bogus"], E,
+          r"^error: config\.tasks: 'mcq,bogus': use a comma-separated subset of mcq, perplexity, "
+          r"routing$"),
       "data: malformed data file": (
           [*data, f"--config.data.sources={corpus}"], E, rf"^error: {corpus}:2: malformed JSON"),
       "data: disk full": (
@@ -140,7 +144,7 @@ def _cases(tmp):
 CASES = ["train: bad config value", "train: config file missing", "train: unknown config key",
          "train: config file with a syntax error", "train: half the multi-process flags", "train: upcycle source missing",
          "train: every checkpoint damaged", "dry run: unknown topology",
-         "eval: checkpoint path missing", "eval: config.json malformed",
+         "eval: checkpoint path missing", "eval: config.json malformed", "eval: unknown task",
          "data: malformed data file", "data: disk full", "hf: not a model directory",
          "hf: config.json malformed", "hf: truncated weights", "hf: damaged checkpoint",
          "train: unknown flag", "dry run: flag value of the wrong type", "eval: unknown flag",
