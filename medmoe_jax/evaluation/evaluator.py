@@ -19,39 +19,25 @@ from medmoe_jax.checkpoint_integrity import DamagedCheckpointError
 from medmoe_jax.errors import ConfigError
 from medmoe_jax.evaluation import report, tasks
 from medmoe_jax.evaluation.lm import LanguageModel, checkpoint_steps, resolve_checkpoint
-from medmoe_jax.evaluation.tasks.base import ModelRun, check_at_least, config_error
+from medmoe_jax.evaluation.tasks.base import ModelRun
 from medmoe_jax.evaluation.tasks.mcq import mcq_files  # noqa: F401 (re-exported by eval.py)
 
 
 def validate(c) -> None:
   """Raise ConfigError naming the key and the fix. Cheap: no files read, no compute."""
-  if "checkpoint" not in c or "tasks" not in c:
-    raise ConfigError("config: not an eval config (no checkpoint, tasks); start from "
-                      "configs/eval.py and name the run with --config.checkpoint=<training "
-                      "workdir>")
-  if not str(c.checkpoint).strip():
-    raise config_error("checkpoint", "no checkpoint given; pass --config.checkpoint=<training "
-                       "workdir> (or one of its checkpoints/<step>)")
-  tasks.validate(c)
-  check_at_least(c, "batch_size", 1)
-  if c.follow and c.follow_poll_seconds <= 0:
-    raise config_error("follow_poll_seconds", f"must be > 0, got {c.follow_poll_seconds}")
-  if c.model.capacity_factor_eval < 0:
-    raise config_error("model.capacity_factor_eval", f"must be >= 0 (0 keeps the run's), got "
-                       f"{c.model.capacity_factor_eval}")
+  tasks.resolve(c)
 
 
 class Evaluator:
   """Composes the evaluation of one run's checkpoints into one output directory."""
 
   def __init__(self, config, workdir: str, mesh=None):
-    validate(config)
-    self.c = config
+    self.spec = tasks.resolve(config)  # the eval config (configs/eval.py), validated and frozen
     self.out = os.path.abspath(workdir)
     self.mesh = mesh
     self.main = jax.process_index() == 0
-    self.run_dir, self.path_step = resolve_checkpoint(config.checkpoint)
-    self.tasks = tasks.select(config)
+    self.run_dir, self.path_step = resolve_checkpoint(self.spec.checkpoint)
+    self.tasks = tasks.select(self.spec)
     self._cache: dict = {}
 
   # --- What the tasks share (tasks/base.py: ModelRun.ev).
@@ -64,16 +50,12 @@ class Evaluator:
     return self._cache[key]
 
   def load(self, checkpoint, step) -> LanguageModel:
-    o = {}
-    if self.c.model.moe_backend:
-      o["moe.backend"] = self.c.model.moe_backend
-    if self.c.model.capacity_factor_eval:
-      o["moe.capacity_factor_eval"] = float(self.c.model.capacity_factor_eval)
-    return LanguageModel.load(checkpoint, step=step, mesh=self.mesh, mesh_config=self.c.mesh,
-                              batch_size=int(self.c.batch_size), overrides=o)
+    return LanguageModel.load(checkpoint, step=step, mesh=self.mesh, mesh_config=self.spec.mesh,
+                              batch_size=self.spec.batch_size,
+                              overrides=dict(self.spec.overrides))
 
   def bar(self, total, desc):
-    return tqdm(total=total, desc=desc, disable=not (self.c.progress and self.main),
+    return tqdm(total=total, desc=desc, disable=not (self.spec.progress and self.main),
                 dynamic_ncols=True, leave=False)
 
   def write_predictions(self, directory, name, records):
@@ -148,9 +130,9 @@ class Evaluator:
       results = {"format": report.FORMAT, "checkpoint": {"workdir": self.run_dir,
                                                          "name": run_config.name},
                  "evaluations": []}
-    results["eval_config"] = json.loads(cfg_lib.to_json(self.c))
+    results["eval_config"] = json.loads(cfg_lib.to_json(self.spec.config))
     results["run_config"] = run_config.to_dict()
-    results["seed"] = int(self.c.seed)
+    results["seed"] = self.spec.seed
     return results
 
   def run(self) -> dict:
@@ -159,8 +141,8 @@ class Evaluator:
       task.prepare()  # bad inputs (multiple-choice files) fail here, before any checkpoint
     os.makedirs(self.out, exist_ok=True)
     results = self._results()
-    if not self.c.follow:
-      step = self.path_step if self.c.step < 0 else int(self.c.step)
+    if not self.spec.follow:
+      step = self.path_step if self.spec.step < 0 else self.spec.step
       self._record(results, self.evaluate_step(results, step))
       return results
     return self._follow(results)
@@ -188,12 +170,12 @@ class Evaluator:
           state = "damaged (skipped)" if final in damaged else "evaluated"
           print(f"follow: the run's final step {final} is {state}; done", flush=True)
         return results
-      if time.time() - last_new > self.c.follow_idle_timeout:
+      if time.time() - last_new > self.spec.follow_idle_timeout:
         if self.main:
-          print(f"follow: no new checkpoint for {self.c.follow_idle_timeout:.0f} s; stopping",
+          print(f"follow: no new checkpoint for {self.spec.follow_idle_timeout:.0f} s; stopping",
                 flush=True)
         return results
-      time.sleep(self.c.follow_poll_seconds)
+      time.sleep(self.spec.follow_poll_seconds)
 
 
 def run(config, workdir: str, mesh=None) -> dict:

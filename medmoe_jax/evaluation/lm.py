@@ -132,7 +132,7 @@ class LanguageModel:
   def load(cls, checkpoint: str, *, step: int | None = None, mesh=None, mesh_config=None,
            batch_size: int = 8, overrides: dict | None = None) -> "LanguageModel":
     """checkpoint: a training workdir or one of its checkpoints/<step> directories. mesh: a
-    jax Mesh, or built from mesh_config (a ConfigDict like config.mesh; default: all devices
+    jax Mesh, or built from mesh_config (axis -> size, like config.mesh; default: all devices
     data-parallel). overrides: {"moe.backend": ..., "moe.capacity_factor_eval": ...} applied to
     the run's config (inference-only settings; the parameters must still fit)."""
     workdir, path_step = resolve_checkpoint(checkpoint)

@@ -2,12 +2,13 @@
 (tasks/base.py says what a task implements). Adding a task is its module and one entry in TASKS.
 
 config.tasks names the tasks to run (a comma-separated subset of `named()`); tasks that are not
-named (forgetting) choose themselves from the config (`Task.selected`).
+named (forgetting) choose themselves from the resolved config (`Task.selected`).
 """
 from __future__ import annotations
 
+from medmoe_jax.evaluation import spec as spec_lib
 from medmoe_jax.evaluation.tasks import forgetting, mcq, perplexity, routing
-from medmoe_jax.evaluation.tasks.base import Task, config_error, csv_list
+from medmoe_jax.evaluation.tasks.base import Task
 
 # In the order they run: routing shares perplexity's pass over the held-out text, forgetting
 # compares what the tasks before it measured with the baseline's.
@@ -21,19 +22,11 @@ def named() -> tuple[str, ...]:
   return tuple(t.name for t in TASKS if t.named)
 
 
-def validate(c) -> None:
-  """config.tasks names known tasks, and every task's settings are valid (ConfigError, one line
-  naming the key)."""
-  names = csv_list(c.tasks)
-  choices = named()
-  if not names or any(n not in choices for n in names):
-    raise config_error("tasks", f"{c.tasks!r}: use a comma-separated subset of "
-                       f"{', '.join(choices)}")
-  for t in TASKS:
-    t.validate(c)
+def resolve(c) -> spec_lib.EvalSpec:
+  """The eval config validated against the registered tasks and frozen (evaluation/spec.py)."""
+  return spec_lib.resolve(c, TASKS)
 
 
-def select(c) -> list[Task]:
-  """The tasks this (validated) eval config runs, in running order, made with the config."""
-  names = csv_list(c.tasks)
-  return [t(c) for t in TASKS if t.selected(c, names)]
+def select(spec: spec_lib.EvalSpec) -> list[Task]:
+  """The tasks the eval spec runs, in running order, made with it."""
+  return [t(spec) for t in TASKS if t.selected(spec)]

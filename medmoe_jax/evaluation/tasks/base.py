@@ -1,43 +1,22 @@
 """The interface every evaluation task implements, and what the tasks of one model share.
 
-A task is one class with a `name`; the Evaluator (evaluation/evaluator.py) makes one instance per
-evaluation, with the eval config, and for each model it evaluates calls `evaluate`, whose dict it
-merges into that model's entry of results.json, then `figures` on process 0. Registering it is one
-line in tasks/__init__.py.
+A task is one class with a `name`. Its `resolve` freezes its part of the eval config when the
+config is resolved (evaluation/spec.py); the Evaluator (evaluation/evaluator.py) makes one
+instance per evaluation with the EvalSpec, and for each model it evaluates calls `evaluate`,
+whose dict it merges into that model's entry of results.json, then `figures` on process 0.
+Registering it is one line in tasks/__init__.py.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
 
-from medmoe_jax.errors import ConfigError
-
-
-def csv_list(value) -> list[str]:
-  """A comma-separated config string (or a list) -> its non-empty items."""
-  if isinstance(value, (list, tuple)):
-    return [str(v) for v in value]
-  return [v.strip() for v in str(value).split(",") if v.strip()]
-
-
-def config_error(key: str, msg: str) -> ConfigError:
-  return ConfigError(f"config.{key}: {msg}")
-
-
-def check_at_least(c, key: str, low: int) -> None:
-  """config.<key> (a dotted path) must be an integer >= low."""
-  node = c
-  for part in key.split("."):
-    node = node[part]
-  if int(node) < low:
-    raise config_error(key, f"must be >= {low}, got {node}")
-
 
 @dataclasses.dataclass
 class ModelRun:
   """The evaluation of one model: what its tasks read and share.
 
-  ev: the Evaluator (its eval config `c`, output directory `out`, `main` process, `bar`,
+  ev: the Evaluator (its EvalSpec `spec`, output directory `out`, `main` process, `bar`,
   `write_predictions`, `load`, `evaluate_model` and `once`); lm: the model
   (evaluation/lm.LanguageModel, whose `run` is the run's resolved config); names: the tasks
   evaluating this model; entry: what they returned so far; results: results.json so far
@@ -69,18 +48,22 @@ class Task:
   named = True
   on_baseline = False
 
-  def __init__(self, c):
-    self.c = c  # the eval config (configs/eval.py)
+  def __init__(self, spec):
+    self.spec = spec                          # the EvalSpec
+    self.settings = spec.settings[self.name]  # what this task's `resolve` made of the config
 
   @classmethod
-  def selected(cls, c, names: list[str]) -> bool:
-    """Whether this evaluation runs the task (names: config.tasks)."""
-    return cls.name in names
+  def resolve(cls, c):
+    """This task's own part of the eval config `c`, validated (ConfigError, one line naming the
+    key) and frozen; None when it has none. Called for every registered task, selected or not:
+    a config is right or wrong whatever tasks it names."""
+    del c
+    return None
 
-  @staticmethod
-  def validate(c) -> None:
-    """Raise ConfigError naming the key of this task's settings. Run for every registered task,
-    selected or not: a config is wrong or right whatever tasks it names."""
+  @classmethod
+  def selected(cls, spec) -> bool:
+    """Whether this evaluation runs the task (spec.tasks: config.tasks)."""
+    return cls.name in spec.tasks
 
   def prepare(self) -> None:
     """Cheap checks of the task's inputs, before any checkpoint is read."""

@@ -4,11 +4,20 @@ baseline is given; the baseline is evaluated by the tasks that run on it (on_bas
 and kept in results.json across steps and reruns."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from medmoe_jax.evaluation import forgetting
 from medmoe_jax.evaluation.lm import resolve_checkpoint
-from medmoe_jax.evaluation.tasks.base import ModelRun, Task, csv_list
+from medmoe_jax.evaluation.spec import csv_list
+from medmoe_jax.evaluation.tasks.base import ModelRun, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgettingSettings:
+  baseline: str                 # config.baseline_checkpoint ("" = no forgetting task)
+  baseline_step: int            # -1: the latest (or the step the path names)
+  original: tuple[str, ...]     # config.forgetting.original; () = the baseline's languages
 
 
 def _tokenizer_name(lm) -> str:
@@ -20,23 +29,29 @@ class Forgetting(Task):
   named = False  # chosen by config.baseline_checkpoint
 
   @classmethod
-  def selected(cls, c, names: list[str]) -> bool:
-    return bool(c.baseline_checkpoint)
+  def resolve(cls, c) -> ForgettingSettings:
+    return ForgettingSettings(baseline=str(c.baseline_checkpoint),
+                              baseline_step=int(c.baseline_step),
+                              original=tuple(csv_list(c.forgetting.original)))
+
+  @classmethod
+  def selected(cls, spec) -> bool:
+    return bool(spec.settings[cls.name].baseline)
 
   def baseline(self, m: ModelRun) -> dict:
     """The baseline's numbers (cached in results.json under "baseline", keyed by what made
-    them)."""
-    c = self.c
-    b_dir, b_step = resolve_checkpoint(c.baseline_checkpoint)
-    step = b_step if c.baseline_step < 0 else int(c.baseline_step)
-    key = {"workdir": b_dir, "requested_step": step, "tasks": csv_list(c.tasks),
+    them: the eval config's own sections, as results.json records them)."""
+    s, c = self.settings, self.spec.config
+    b_dir, b_step = resolve_checkpoint(s.baseline)
+    step = b_step if s.baseline_step < 0 else s.baseline_step
+    key = {"workdir": b_dir, "requested_step": step, "tasks": list(self.spec.tasks),
            "mcq": c.mcq.to_dict(), "perplexity": c.perplexity.to_dict(), "languages": c.languages}
     cached = m.results.get("baseline")
     if cached and cached.get("key") == key:
       return cached
-    base = m.ev.load(c.baseline_checkpoint, step)
+    base = m.ev.load(s.baseline, step)
     res = m.ev.evaluate_model(base, baseline=True,
-                              ppl_languages=csv_list(c.languages) or m.lm.languages)
+                              ppl_languages=list(self.spec.languages) or m.lm.languages)
     entry = {"key": key, "workdir": b_dir, "step": base.step, "name": base.run.name,
              "languages": base.languages, "tokenizer": _tokenizer_name(base), **res}
     m.results["baseline"] = entry
@@ -44,7 +59,7 @@ class Forgetting(Task):
 
   def evaluate(self, m: ModelRun) -> dict:
     base = self.baseline(m)
-    original = csv_list(self.c.forgetting.original) or base["languages"]
+    original = list(self.settings.original) or base["languages"]
     out = forgetting.compare(m.entry, base, original)
     out["same_tokenizer"] = base["tokenizer"] == _tokenizer_name(m.lm)
     return {"forgetting": out}

@@ -6,18 +6,13 @@ import os
 
 from medmoe_jax.evaluation import perplexity
 from medmoe_jax.evaluation import routing as routing_lib
-from medmoe_jax.evaluation.tasks.base import ModelRun, check_at_least, csv_list
-
-
-def validate(c) -> None:
-  for key in ("perplexity.seq_len", "perplexity.max_batches"):
-    check_at_least(c, key, 0)
+from medmoe_jax.evaluation.tasks.base import ModelRun
 
 
 def source(ev, run):
   """The run's held-out split, built once per evaluation under config.perplexity.data_dir
   (default <workdir>/data); a baseline reads the model's."""
-  data_dir = ev.c.perplexity.data_dir or os.path.join(ev.out, "data")
+  data_dir = ev.spec.heldout.data_dir or os.path.join(ev.out, "data")
   return ev.once("heldout_source",
                  lambda: perplexity.heldout_source(run.data, os.path.expanduser(data_dir)))
 
@@ -29,12 +24,12 @@ def heldout_pass(m: ModelRun) -> dict:
 
 
 def _run(m: ModelRun) -> dict:
-  c, lm = m.ev.c, m.lm
+  spec, lm = m.ev.spec, m.lm
   src = source(m.ev, lm.run)
-  langs = perplexity.heldout_languages(src, m.ppl_languages or csv_list(c.languages)
+  langs = perplexity.heldout_languages(src, m.ppl_languages or list(spec.languages)
                                        or lm.languages)
-  out = {"seq_len": int(c.perplexity.seq_len) or int(lm.run.data.seq_len),
-         "max_batches": int(c.perplexity.max_batches)}
+  out = {"seq_len": spec.heldout.seq_len or lm.run.data.seq_len,
+         "max_batches": spec.heldout.max_batches}
   bar = m.ev.bar(None, f"step {lm.step}: held-out text")
   if "routing" in m.names and lm.spec.moe_layer_indices:
     out["perplexity"], out["routing"], out["dropped_fraction"] = routing_lib.analyze(

@@ -14,10 +14,6 @@ class Perplexity(Task):
   name = "perplexity"
   on_baseline = True
 
-  @staticmethod
-  def validate(c) -> None:
-    heldout.validate(c)
-
   def evaluate(self, m: ModelRun) -> dict:
     p = heldout.heldout_pass(m)
     ppl = p["perplexity"]

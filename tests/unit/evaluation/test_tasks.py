@@ -1,6 +1,8 @@
 """The evaluation task registry: the tasks it lists, the one-line error for a name it does not
 know, which tasks a config selects, and that a task added to it runs through the Evaluator with
 nothing else changed."""
+import dataclasses
+
 import jax
 import pytest
 
@@ -39,7 +41,7 @@ def test_an_unknown_task_is_one_line_naming_the_choices(value):
 
 
 def test_the_config_selects_the_tasks():
-  names = lambda c: [t.name for t in tasks.select(c)]
+  names = lambda c: [t.name for t in tasks.select(tasks.resolve(c))]
   assert names(_eval_config()) == ["mcq", "perplexity", "routing"]
   assert names(_eval_config(tasks="routing,mcq")) == ["mcq", "routing"]  # running order
   assert names(_eval_config(tasks="perplexity", baseline_checkpoint="workdir/dense")) == [
@@ -53,7 +55,7 @@ def test_each_task_checks_its_own_settings():
                      r"generative, loglikelihood, both$"):
     validate(c)
   c = _eval_config()
-  c.perplexity.max_batches = -1
+  c.perplexity.max_batches = -1  # the held-out pass's (perplexity and routing)
   with pytest.raises(ConfigError, match=r"^config\.perplexity\.max_batches: must be >= 0, got -1$"):
     validate(c)
 
@@ -83,3 +85,19 @@ def test_a_registered_task_runs_through_the_evaluator(monkeypatch, tmp_path):
   assert ev.evaluate_model(lm) == {"languages": {"step": 7, "codes": cfg_lib.language_list(c),
                                                  "with": ["languages"]}}
   assert ev.evaluate_model(lm, baseline=True) == {}  # not a task the baseline runs
+
+
+def test_the_eval_config_resolves_into_frozen_settings():
+  c = _eval_config(languages="zh, sw", tasks="mcq")
+  c.model.capacity_factor_eval = 1.5
+  c.mcq.exclude_from_average = "pubmedqa,cmexam"
+  spec = tasks.resolve(c)
+  assert spec.languages == ("zh", "sw") and spec.tasks == ("mcq",) and spec.step == -1
+  assert spec.overrides == (("moe.capacity_factor_eval", 1.5),)
+  s = spec.settings["mcq"]
+  assert (s.mode, s.protocol, s.shots, s.exclude_from_average) == (
+      "both", "apollo", 3, ("pubmedqa", "cmexam"))
+  assert spec.settings["forgetting"].baseline == "" and spec.heldout.max_batches == 0
+  assert spec.settings["perplexity"] is None  # its settings are the held-out pass's
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    s.shots = 1
