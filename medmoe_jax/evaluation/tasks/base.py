@@ -12,6 +12,11 @@ import dataclasses
 from collections.abc import Callable
 
 
+def figure(name: str, path: str | None) -> dict[str, str]:
+  """A task's `figures` result for one plot: {} when nothing was drawn (path None)."""
+  return {name: path} if path else {}
+
+
 @dataclasses.dataclass
 class ModelRun:
   """The evaluation of one model: what its tasks read and share.

@@ -10,7 +10,7 @@ import os
 from medmoe_jax.evaluation import forgetting
 from medmoe_jax.evaluation.lm import resolve_checkpoint
 from medmoe_jax.evaluation.spec import csv_list
-from medmoe_jax.evaluation.tasks.base import ModelRun, Task
+from medmoe_jax.evaluation.tasks.base import ModelRun, Task, figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,6 @@ class Forgetting(Task):
   def figures(self, entry: dict, fig_dir: str, step: int) -> dict[str, str]:
     if not entry.get("forgetting"):
       return {}
-    p = forgetting.figure(entry["forgetting"], os.path.join(fig_dir, "forgetting.png"),
-                          title=f"Perplexity change vs baseline (step {step})")
-    return {"forgetting": p} if p else {}
+    return figure("forgetting", forgetting.figure(
+        entry["forgetting"], os.path.join(fig_dir, "forgetting.png"),
+        title=f"Perplexity change vs baseline (step {step})"))

@@ -8,7 +8,7 @@ import os
 
 from medmoe_jax.evaluation import mcq, report
 from medmoe_jax.evaluation.spec import at_least, config_error, csv_list
-from medmoe_jax.evaluation.tasks.base import ModelRun, Task
+from medmoe_jax.evaluation.tasks.base import ModelRun, Task, figure
 
 MODES = ("generative", "loglikelihood", "both")
 
@@ -119,6 +119,5 @@ class MCQ(Task):
   def figures(self, entry: dict, fig_dir: str, step: int) -> dict[str, str]:
     if not entry.get("mcq"):
       return {}
-    p = report.mcq_figure(entry["mcq"], os.path.join(fig_dir, "mcq_accuracy.png"),
-                          f"Multiple-choice accuracy per language (step {step})")
-    return {"mcq": p} if p else {}
+    return figure("mcq", report.mcq_figure(entry["mcq"], os.path.join(fig_dir, "mcq_accuracy.png"),
+                                           f"Multiple-choice accuracy per language (step {step})"))

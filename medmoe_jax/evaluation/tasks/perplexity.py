@@ -7,7 +7,7 @@ import numpy as np
 
 from medmoe_jax.evaluation import report
 from medmoe_jax.evaluation.tasks import heldout
-from medmoe_jax.evaluation.tasks.base import ModelRun, Task
+from medmoe_jax.evaluation.tasks.base import ModelRun, Task, figure
 
 
 class Perplexity(Task):
@@ -28,6 +28,6 @@ class Perplexity(Task):
   def figures(self, entry: dict, fig_dir: str, step: int) -> dict[str, str]:
     if not entry.get("perplexity"):
       return {}
-    p = report.perplexity_figure(entry["perplexity"], os.path.join(fig_dir, "perplexity.png"),
-                                 f"Held-out perplexity per language (step {step})")
-    return {"perplexity": p} if p else {}
+    return figure("perplexity", report.perplexity_figure(
+        entry["perplexity"], os.path.join(fig_dir, "perplexity.png"),
+        f"Held-out perplexity per language (step {step})"))
