@@ -45,7 +45,8 @@ MOE_LPR_PAPER_LANGUAGES = dict(new=["el", "hu", "tr"], original=["en", "zh", "es
 def moe_lpr(c, *, stage: int) -> None:
   """MoE-LPR, what its two stages share: every layer's FFN an MoE of 4 experts (top-2,
   renormalised, no language routing), xavier-normal routers, and the official scripts' HF
-  optimizer defaults (no weight decay, no warm-up, cosine to 0); at the real sizes the paper's
+  optimizer defaults (AdamW betas 0.9/0.999, no weight decay, no warm-up, cosine to 0); at the
+  real sizes the paper's
   languages (glottolog table), batch, lr 5e-5, bf16 and remat, and the base model's tokenizer.
   Stage 1 trains on the new languages; stage 2 on the new and the original ones."""
   c.moe.layers = "all"
@@ -53,9 +54,11 @@ def moe_lpr(c, *, stage: int) -> None:
   c.moe.top_k = 2
   c.moe.norm_topk = True
   c.moe.language_routing = "none"
-  # As the official code and scripts: xavier-normal routers (peft moe layer), no weight decay
-  # and no warm-up (HF TrainingArguments defaults), cosine decay to 0.
+  # As the official code and scripts: xavier-normal routers (peft moe layer), no weight decay,
+  # no warm-up and Adam's beta2 0.999 (HF TrainingArguments defaults: its DeepSpeed config names
+  # no optimizer), cosine decay to 0.
   c.moe.router_init = "xavier_normal"
+  c.train.b2 = 0.999
   c.train.weight_decay = 0.0
   c.train.warmup_frac = 0.0
   c.train.min_lr_ratio = 0.0

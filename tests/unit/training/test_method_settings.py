@@ -51,6 +51,9 @@ def test_moe_lpr_optimizer_and_router_settings():
     for size in ("tiny", "0.5b"):
       c = load_config(name, size)
       assert (c.train.weight_decay, c.train.warmup_frac, c.train.min_lr_ratio) == (0.0, 0.0, 0.0)
+      # HF TrainingArguments' AdamW defaults (the official DeepSpeed config names no optimizer).
+      assert (c.train.b1, c.train.b2, c.train.eps) == (0.9, 0.999, 1e-8)
+      assert cfg_lib.train_spec(c).b2 == 0.999
       assert c.moe.router_init == "xavier_normal"
   c = load_config("moe_lpr_stage1")
   assert c.moe.lb_loss_weight == 0.01
