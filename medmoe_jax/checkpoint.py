@@ -17,6 +17,11 @@ the data, so each needs its own position back.
 Integrity (checkpoint_integrity.py): as a step commits, process 0 writes a manifest of its files
 (size, sha256). Before the newest step is used it is checked; a damaged one is reported in one
 line, moved aside (renamed, never deleted) and the next newest is tried.
+
+With several processes every decision about a step is taken once and shared: process 0 checks
+manifests and renames (the others wait, so nothing is renamed while another process reads), and
+a restore that fails on any process (a step without a manifest whose files cannot be read) fails
+on all: every process reports what it found, then all fall back to the same step.
 """
 from __future__ import annotations
 
@@ -111,25 +116,35 @@ class Checkpointer:
                          "data": grain.checkpoint.CheckpointHandler()})
     finally:
       absl_logger.removeFilter(notice)
+    self._reader = ocp.CompositeCheckpointHandler(state=ocp.StandardCheckpointHandler(),
+                                                  data=grain.checkpoint.CheckpointHandler())
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
     return steps[-1] if steps else None
 
   def all_steps(self) -> list[int]:
-    # Read-only readers cannot move a damaged step aside; they skip it.
-    return sorted(s for s in self._mngr.all_steps() if s not in self.damaged_steps)
+    # Read-only readers cannot move a damaged step aside; they skip it. (A writable one renamed
+    # it: the same step number, written again later, is a new step.)
+    skip = self.damaged_steps if self._read_only else ()
+    return sorted(s for s in self._mngr.all_steps() if s not in skip)
 
   def step_dir(self, step: int) -> epath.Path:
     return epath.Path(self.directory) / str(step)
 
-  def set_aside_damaged(self) -> int | None:
+  def set_aside_damaged(self, unreadable: tuple[int, str] | None = None) -> int | None:
     """Check the newest steps until one is intact; report each damaged one in one line and move
     it aside (read-only: skip it). Returns the newest intact step (None: no checkpoint left).
+    unreadable: (step, why), a step a restore could not read: set aside first.
     With several processes, process 0 checks and moves; the others wait and read the result."""
     multi = jax.process_count() > 1
     if not multi or jax.process_index() == 0:
+      if unreadable is not None:
+        self._set_aside(*unreadable)
+        self._mngr.reload()
       for step in reversed(self.all_steps()):
+        if step in self._intact:
+          break
         damage = integrity.verify(self.step_dir(step))
         if damage is None:
           self._intact.add(step)
@@ -137,8 +152,11 @@ class Checkpointer:
         self._set_aside(step, damage.describe(self.step_dir(step)))
     if multi:
       from medmoe_jax.distributed import share_from_process_0
-      self.damaged_steps = json.loads(share_from_process_0(
-          f"medmoe_jax: damaged checkpoints in {self.directory}", json.dumps(self.damaged_steps)))
+      found = json.loads(share_from_process_0(
+          f"medmoe_jax: damaged checkpoints in {self.directory}",
+          json.dumps({"damaged": self.damaged_steps, "intact": sorted(self._intact)})))
+      self.damaged_steps = found["damaged"]
+      self._intact.update(found["intact"])  # checked once, on process 0
     self._mngr.reload()
     return self.latest_step()
 
@@ -155,6 +173,7 @@ class Checkpointer:
   def _set_aside(self, step: int, damage_text: str) -> None:
     moved = None if self._read_only else integrity.move_aside(self.step_dir(step))
     self.damaged_steps.append(step)
+    self._intact.discard(step)
     _log.warning(integrity.damaged_message(step, self.directory, damage_text, moved))
 
   def save(self, step: int, state: TrainState, data_state: dict | None, *, force=False) -> bool:
@@ -234,41 +253,58 @@ class Checkpointer:
     checkpoint written on one mesh restores onto another). Returns (state, data_state, step).
 
     step=None: the newest intact step. A step that passed its manifest check (or has none) but
-    cannot be read is damaged too: with no manifest to blame a bug instead, one process moves it
-    aside and tries the next; otherwise the error is reported in one line."""
+    cannot be read is damaged too: with no manifest to blame a bug instead, it is moved aside and
+    the next is tried; otherwise the error is reported in one line. With several processes, a
+    read that fails on any of them fails on all, and all fall back to the same step."""
     explicit = step is not None
+    step = self.latest_step() if step is None else step
     while True:
       if step is None:
-        step = self.latest_step()
-      if step is None:
         raise self.no_intact_checkpoint_error()
+      restored, failure = None, None
       try:
-        return self._restore(abstract_state, step)
+        restored = self._restore(abstract_state, step)
       except DamagedCheckpointError:
         raise
+      except _Unreadable as e:
+        failure = str(e)
       except Exception as e:  # noqa: BLE001  (filtered: read errors only)
         cause = _read_error(e)
         if cause is None:
           raise
-        text = f"it could not be read ({faults.describe_save_error(cause)})"
-        if explicit or jax.process_count() > 1 or integrity.has_manifest(self.step_dir(step)):
-          raise DamagedCheckpointError(
-              f"checkpoint step {step} in {self.directory}: {text}; move {self.step_dir(step)} "
-              "aside (rename it) to resume from the step before it", step) from None
-        self._set_aside(step, text)
-        self._mngr.reload()
-        step = None
+        failure = f"it could not be read ({faults.describe_save_error(cause)})"
+      failure = _failure_on_any_process(f"medmoe_jax: restore from {self.directory}", failure)
+      if failure is None:
+        return restored
+      if explicit or integrity.has_manifest(self.step_dir(step)):
+        raise DamagedCheckpointError(
+            f"checkpoint step {step} in {self.directory}: {failure}; move {self.step_dir(step)} "
+            "aside (rename it) to resume from the step before it", step)
+      step = self.set_aside_damaged(unreadable=(step, failure))
 
   def _restore(self, abstract_state: TrainState, step: int):
+    """This process's part of `step`. Through the handlers, not the manager: the manager's
+    restore ends in a barrier that a process whose read failed would never reach; restore()
+    meets the other processes itself, after every read."""
     self.check_intact(step)
     items = dict(state=ocp.args.StandardRestore(_as_dict(abstract_state)))
-    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if (epath.Path(self.directory) / str(step) / "data" / mine).exists():
+    data_dir = self.step_dir(step) / "data"
+    count = jax.process_count()
+    mine = data_dir / f"process_{jax.process_index()}-of-{count}.json"
+    if mine.exists():
+      try:
+        json.loads(mine.read_text())
+      except (OSError, ValueError) as e:  # the handler's own error would not name the file
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "not the JSON written"
+        raise _Unreadable(f"{mine} is unreadable ({why})") from None
       items["data"] = grain.checkpoint.CheckpointRestore(_IteratorState())
+    elif data_dir.exists() and any(data_dir.glob(f"process_*-of-{count}.json")):
+      raise _Unreadable(f"{mine} is missing")  # the other processes' positions are there
     else:  # written by another number of processes: the data shards differ
       logging.warning("checkpoint %s step %d has no data-iterator state for %s; parameters and "
-                      "optimizer restored, the data stream starts over", self.directory, step, mine)
-    restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
+                      "optimizer restored, the data stream starts over", self.directory, step,
+                      mine.name)
+    restored = self._reader.restore(self.step_dir(step), ocp.args.Composite(**items))
     s = restored["state"]
     data_state = restored["data"].state if "data" in items else None
     return TrainState(s["step"], s["params"], s["opt_state"]), data_state, step
@@ -321,6 +357,7 @@ class Checkpointer:
   def close(self):
     self.wait()
     self._mngr.close()
+    self._reader.close()
 
   def _before_commit(self):
     """Process 0, after every process has written its files of the in-flight step, before Orbax
@@ -340,6 +377,20 @@ class Checkpointer:
       _log.warning(f"medmoe test hook: checkpoint step {step} is fully written to a temporary "
                    f"directory; pausing {seconds:g}s before committing it")
       faults.wait_for_stop(seconds)
+
+
+class _Unreadable(Exception):
+  """This process could not read its part of a step; the message names the file and why."""
+
+
+def _failure_on_any_process(name: str, failure: str | None) -> str | None:
+  """`failure` (what this process's read of a step found, None: nothing), or with several
+  processes the first failure of any of them, the same on all. Every process calls it."""
+  if jax.process_count() == 1:
+    return failure
+  from medmoe_jax.distributed import share_from_every_process
+  found = [json.loads(v) for v in share_from_every_process(name, json.dumps(failure))]
+  return next((f"{text} (found by process {i})" for i, text in enumerate(found) if text), None)
 
 
 def _read_error(e: BaseException) -> BaseException | None:

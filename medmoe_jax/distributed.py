@@ -214,3 +214,19 @@ def share_from_process_0(name: str, value: str, timeout_s: int = 1800) -> str:
     client.key_value_set(name, value)
     return value
   return client.blocking_key_value_get(name, timeout_s * 1000)
+
+
+def share_from_every_process(name: str, value: str, timeout_s: int = 1800) -> list[str]:
+  """Every process's `value`, in process order, on every process (an all-gather through the
+  coordination service's key-value store, like share_from_process_0): what each process found
+  (did its part of a checkpoint restore), for all to act on the same facts. Also a barrier."""
+  import jax
+  if jax.process_count() == 1:
+    return [value]
+  from jax._src import distributed as jax_distributed
+  client = jax_distributed.global_state.client
+  _shared_calls[name] = _shared_calls.get(name, 0) + 1
+  name = f"{name} #{_shared_calls[name]}"
+  client.key_value_set(f"{name}/{jax.process_index()}", value)
+  return [client.blocking_key_value_get(f"{name}/{i}", timeout_s * 1000)
+          for i in range(jax.process_count())]

@@ -94,8 +94,12 @@ class PreemptionGuard:
   Multi-process runs (jax.process_count() > 1) must agree on the step at which to save, or the
   collective save deadlocks. There JAX's preemption service already listens for SIGTERM, and
   `should_stop(step)` asks it through `multihost_utils.reached_preemption_sync_point`, which
-  returns True on every host at the same step.
+  returns True on every host at the same step. Ctrl-C (SIGINT, to one process or, from a
+  terminal, to all) is turned into that same notice: the handler sends this process a SIGTERM,
+  after writing "SIGINT" to the coordination service so that every process names the signal.
   """
+
+  _SIGNAL_KEY = "medmoe_jax: stop signal"
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
     self.signals = tuple(signals)
@@ -107,11 +111,14 @@ class PreemptionGuard:
     import jax
     _stop_event.clear()
     self._multiprocess = jax.process_count() > 1
-    if self._multiprocess or threading.current_thread() is not threading.main_thread():
-      # Multi-process: JAX's preemption notifier owns SIGTERM, and a local-only stop flag
-      # could not be acted on anyway. Off the main thread, Python cannot install handlers.
-      return self
-    for sig in self.signals:
+    if threading.current_thread() is not threading.main_thread():
+      return self  # off the main thread, Python cannot install handlers
+    signals = self.signals
+    if self._multiprocess:
+      # JAX's preemption notifier owns SIGTERM; SIGINT is forwarded to it (when it runs).
+      signals = (signal.SIGINT,) if (signal.SIGINT in signals and
+                                     _preemption_service() is not None) else ()
+    for sig in signals:
       self._previous[sig] = signal.getsignal(sig)
       signal.signal(sig, self._handle)
     return self
@@ -132,20 +139,47 @@ class PreemptionGuard:
       return
     self.received = name
     _stop_event.set()
-    _log.warning(f"received {name}: writing a checkpoint at the end of the current step, then "
-                 f"stopping (exit code {EXIT_PREEMPTED}); send it again to stop now")
+    where = ("a step every process agrees on" if self._multiprocess
+             else "the end of the current step")
+    _log.warning(f"received {name}: writing a checkpoint at {where}, then stopping (exit code "
+                 f"{EXIT_PREEMPTED}); send it again to stop now")
+    if self._multiprocess:  # JAX's preemption service tells the other processes
+      try:
+        _preemption_service()[0].key_value_set(self._SIGNAL_KEY, name, allow_overwrite=True)
+      except Exception:  # noqa: BLE001  (only the name in the other processes' message is lost)
+        pass
+      os.kill(os.getpid(), signal.SIGTERM)
 
   def should_stop(self, step: int) -> bool:
     if self._multiprocess:
       from jax.experimental import multihost_utils
       try:
         if multihost_utils.reached_preemption_sync_point(step):
-          self.received = self.received or "SIGTERM"
+          self.received = self.received or self._signal_name()
           return True
       except RuntimeError:
         pass  # no preemption service (jax_enable_preemption_service off)
       return False
     return _stop_event.is_set()
+
+
+  def _signal_name(self) -> str:
+    """The signal another process received: SIGINT if its handler recorded it, else SIGTERM
+    (which JAX's notifier handles without Python)."""
+    try:
+      return _preemption_service()[0].key_value_try_get(self._SIGNAL_KEY)
+    except Exception:  # noqa: BLE001  (not found)
+      return "SIGTERM"
+
+
+def _preemption_service():
+  """(coordination client, preemption sync manager) of a multi-process JAX job whose preemption
+  service runs, else None."""
+  from jax._src import distributed as jax_distributed  # no public API for either
+  state = jax_distributed.global_state
+  if state.client is None or getattr(state, "preemption_sync_manager", None) is None:
+    return None
+  return state.client, state.preemption_sync_manager
 
 
 # ----------------------------------------------------------------------------- non-finite

@@ -6,6 +6,13 @@ step's checkpoint and both exit 75. SIGKILL to one in the middle of a checkpoint
 file written, not committed; then the launcher kills the other): the last complete checkpoint is
 what both restore. Rerunning both then ends with exactly the parameters and metrics history of
 an uninterrupted 2-process run.
+
+Ctrl-C (SIGINT) to one process stops both the same way. A damaged newest step (a file its
+manifest lists truncated; or, with no manifest, one process's data-iterator file unreadable, so
+the restore fails on that process only) is set aside once, by one process, and both resume from
+the same older step; the run again ends exactly as the uninterrupted one.
+
+The uninterrupted run is shared by both tests.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import time
 import numpy as np
 import pytest
 
+from medmoe_jax import checkpoint_integrity as integrity
 from conftest import REPO
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import upcycle
@@ -83,14 +91,35 @@ def _steps(ckpts):
   return sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
 
 
-def test_sigterm_and_sigkill_of_one_process_then_rerun_equals_an_uninterrupted_run(tmp_path):
-  c = _config(tmp_path / "data")  # the reference's process 0 builds the data, once
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """(config, workdir) of an uninterrupted 2-process run."""
+  root = tmp_path_factory.mktemp("preemption")
+  c = _config(root / "data")  # the reference's process 0 builds the data, once
   c.train.update(dict(steps=STEPS, checkpoint_every=2, async_checkpoint=True))
-  run, ref = tmp_path / "run", tmp_path / "ref"
-  ckpts = run / "checkpoints"
-
-  reference = Pair(c, ref, tmp_path / "ref")
+  reference = Pair(c, root / "ref", root / "ref")
   assert reference.finish() == [0, 0], reference.text(0)[-3000:]
+  return c, root / "ref"
+
+
+def _assert_ends_as(run, ref, c):
+  assert _history(run) == _history(ref)
+  assert [r["step"] for r in _history(run)] == list(range(1, STEPS + 1))
+  spec = cfg_lib.model_spec(c)
+  got, got_step = upcycle.load_params(str(run), upcycle.abstract_params(spec))
+  want, want_step = upcycle.load_params(str(ref), upcycle.abstract_params(spec))
+  assert got_step == want_step == STEPS
+  flat_got, flat_want = upcycle._flat(got), upcycle._flat(want)
+  assert flat_got.keys() == flat_want.keys()
+  for k in flat_want:
+    np.testing.assert_array_equal(np.asarray(flat_got[k]), np.asarray(flat_want[k]), err_msg=k)
+
+
+def test_sigterm_and_sigkill_of_one_process_then_rerun_equals_an_uninterrupted_run(
+    uninterrupted, tmp_path):
+  c, ref = uninterrupted
+  run = tmp_path / "run"
+  ckpts = run / "checkpoints"
 
   # 1. SIGTERM to process 1 only, while process 0 holds the commit of step 2 open for a few
   #    seconds (so the run is certainly mid-way). Both stop at the same step, both write it.
@@ -130,13 +159,78 @@ def test_sigterm_and_sigkill_of_one_process_then_rerun_equals_an_uninterrupted_r
   for i in range(2):
     assert f"resuming from checkpoint step {stopped}" in d.text(i)
   assert not [n for n in os.listdir(ckpts) if ".orbax-checkpoint-tmp" in n]  # cleaned up
-  assert _history(run) == _history(ref)
-  assert [r["step"] for r in _history(run)] == list(range(1, STEPS + 1))
-  spec = cfg_lib.model_spec(c)
-  got, got_step = upcycle.load_params(str(run), upcycle.abstract_params(spec))
-  want, want_step = upcycle.load_params(str(ref), upcycle.abstract_params(spec))
-  assert got_step == want_step == STEPS
-  flat_got, flat_want = upcycle._flat(got), upcycle._flat(want)
-  assert flat_got.keys() == flat_want.keys()
-  for k in flat_want:
-    np.testing.assert_array_equal(np.asarray(flat_got[k]), np.asarray(flat_want[k]), err_msg=k)
+  _assert_ends_as(run, ref, c)
+
+
+def _stop(pair, i, sig, name):
+  """`sig` to process i: both processes stop at one step, write it, exit 75. Returns the step."""
+  pair.procs[i].send_signal(sig)
+  codes = pair.finish()
+  assert codes == [EXIT_PREEMPTED, EXIT_PREEMPTED], pair.text(0)[-3000:] + pair.text(1)[-3000:]
+  stops = [re.search(rf"preempted: {name} at step (\d+): checkpoint written", pair.text(p))
+           for p in range(2)]
+  assert all(stops), (pair.text(0)[-2000:], pair.text(1)[-2000:])
+  assert stops[0][1] == stops[1][1]
+  return int(stops[0][1])
+
+
+def _largest_array_file(step_dir):
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def _damaged_names(ckpts, step):
+  return [n for n in os.listdir(ckpts) if n.startswith(f"{step}.damaged")]
+
+
+def test_ctrl_c_then_damaged_newest_steps_fall_back_on_both_processes(uninterrupted, tmp_path):
+  c, ref = uninterrupted
+  run = tmp_path / "run"
+  ckpts = run / "checkpoints"
+
+  # 1. Ctrl-C (SIGINT) to process 0 while it holds the commit of step 4 open: both stop at one
+  #    step, write it, exit 75, and both name the signal.
+  a = Pair(c, run, tmp_path / "a", **{PAUSE_ENV: "4:5"})
+  a.wait_until(lambda: "checkpoint step 4 is fully written" in a.text(0), "the save of step 4")
+  first = _stop(a, 0, signal.SIGINT, "SIGINT")
+  assert 4 <= first < STEPS - 2 and _steps(ckpts)[-1] == first
+
+  # 2. A file of the newest step's parameters or optimizer state truncated (its manifest says
+  #    so): process 0 names it and renames the step once; both resume from the step before.
+  damaged = _largest_array_file(ckpts / str(first))
+  with open(damaged, "r+b") as f:
+    f.truncate(damaged.stat().st_size // 2)
+  fallback = _steps(ckpts)[-2]
+  nxt = fallback + 2
+  b = Pair(c, run, tmp_path / "b", **{PAUSE_ENV: f"{nxt}:5"})
+  b.wait_until(lambda: f"checkpoint step {nxt} is fully written" in b.text(0), f"the save of {nxt}")
+  rel = damaged.relative_to(ckpts / str(first))
+  assert (f"checkpoint step {first} in {ckpts} is damaged: {ckpts / str(first) / rel} is "
+          f"truncated") in b.text(0)
+  assert f"moved aside to {ckpts / f'{first}.damaged'}" in b.text(0)
+  for i in range(2):
+    assert (f"resuming from checkpoint step {fallback} in {ckpts}, the newest intact one "
+            f"(damaged: {first})") in b.text(i), b.text(i)[-2000:]
+  assert _damaged_names(ckpts, first) == [f"{first}.damaged"]
+  second = _stop(b, 1, signal.SIGTERM, "SIGTERM")
+
+  # 3. The newest step written without a manifest (an older version), and process 1's
+  #    data-iterator file in it unreadable: only process 1's read fails, yet both fall back to
+  #    the same step and the run ends exactly as the uninterrupted one.
+  newest = ckpts / str(_steps(ckpts)[-1])
+  assert int(newest.name) == second
+  os.remove(newest / integrity.MANIFEST)
+  mine = newest / "data" / "process_1-of-2.json"
+  mine.write_text(mine.read_text()[:5])
+  fallback = _steps(ckpts)[-2]
+  d = Pair(c, run, tmp_path / "d")
+  assert d.finish() == [0, 0], d.text(0)[-3000:] + d.text(1)[-3000:]
+  assert (f"checkpoint step {second} in {ckpts} is damaged: {mine} is unreadable (not the JSON "
+          f"written) (found by process 1); moved aside to {ckpts / f'{second}.damaged'}"
+          ) in d.text(0), d.text(0)[-3000:]
+  for i in range(2):
+    assert (f"resuming from checkpoint step {fallback} in {ckpts}, the newest intact one "
+            f"(damaged: {second})") in d.text(i), d.text(i)[-3000:]
+    assert "Traceback" not in d.text(i)
+  assert _damaged_names(ckpts, second) == [f"{second}.damaged"]
+  _assert_ends_as(run, ref, c)
