@@ -1,5 +1,6 @@
 """Damaged checkpoints: each kind of file a step has (parameters, optimizer state, data-iterator
-state, metadata, the manifest) truncated, removed or changed by one byte. The damaged newest step
+state, metadata, the manifest) truncated, removed, changed by one byte or made unreadable
+(a directory in its place; a real EACCES is tested in test_cli_errors.py). The damaged newest step
 is named in one line with its file, moved aside (never deleted), and the run resumes from the
 newest intact step and ends exactly as a run that was never damaged.
 
@@ -61,6 +62,9 @@ def _damage(path, how):
       f.truncate(max(1, os.path.getsize(path) // 2))
   elif how == "remove":
     os.remove(path)
+  elif how == "directory":  # there, but cannot be read (as root, mode 000 would still read)
+    os.remove(path)
+    os.mkdir(path)
   elif how == "flip":  # one changed byte, same size
     with open(path, "r+b") as f:
       f.seek(os.path.getsize(path) // 2)
@@ -74,6 +78,7 @@ def _damage(path, how):
 CASES = {
     # kind of file: (which file of step 4, damage, expected reason)
     "parameters": (PARAMS, "truncate", "is truncated"),
+    "parameters, unreadable": (PARAMS, "directory", "is unreadable (Is a directory)"),
     "optimizer state": (ADAM_MU, "flip", "has changed contents"),
     "data-iterator state": ("data/process_0-of-1.json", "remove", "is missing"),
     "array metadata": ("state/_METADATA", "flip", "has changed contents"),

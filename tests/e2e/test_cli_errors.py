@@ -24,9 +24,9 @@ TINY = ["--config.model.num_layers=2", "--config.moe.layers=last:1", "--config.m
         "--config.data.seq_len=32", "--config.data.batch_size=8", "--config.mesh.data=1"]
 
 
-def _damaged_run(root):
+def _damaged_run(root, unreadable=False):
   """A training workdir (config.json of the tiny model) whose only checkpoint, step 4, lost a
-  file its manifest lists."""
+  file its manifest lists (unreadable: the file is there, mode 000; see _without_root_override)."""
   from conftest import load_config
   from medmoe_jax import config as cfg_lib
   c = load_config("post_moe")
@@ -36,7 +36,10 @@ def _damaged_run(root):
   (step / "state").mkdir(parents=True)
   (step / "state" / "_METADATA").write_text("{}")
   integrity.write_manifest(step)
-  os.remove(step / "state" / "_METADATA")
+  if unreadable:
+    os.chmod(step / "state" / "_METADATA", 0)
+  else:
+    os.remove(step / "state" / "_METADATA")
   (root / "config.json").write_text(cfg_lib.to_json(c))
   return root
 
@@ -44,6 +47,8 @@ def _damaged_run(root):
 def _cases(tmp):
   damaged = _damaged_run(tmp / "damaged")  # training moves its step aside: hf reads a copy
   damaged_hf = _damaged_run(tmp / "damaged_hf")
+  unreadable = _damaged_run(tmp / "unreadable", unreadable=True)
+  unreadable_hf = _damaged_run(tmp / "unreadable_hf", unreadable=True)
   bad_json = tmp / "bad_json"
   (bad_json / "checkpoints").mkdir(parents=True)
   (bad_json / "config.json").write_text('{"model": ')
@@ -86,6 +91,9 @@ def _cases(tmp):
       "train: every checkpoint damaged": (
           [*train, f"--workdir={damaged}"], E,
           rf"^error: no intact checkpoint in {damaged / 'checkpoints'}: every step is damaged \(4"),
+      "train: checkpoint file unreadable": (
+          [*train, f"--workdir={unreadable}"], E,
+          rf"^error: no intact checkpoint in {unreadable / 'checkpoints'}: every step is damaged"),
       "dry run: unknown topology": (
           [*train, "--dry_run", "--topology=v9-8"], E, r"^dry run failed: .*v9-8"),
       "eval: checkpoint path missing": (
@@ -135,6 +143,9 @@ def _cases(tmp):
           ["medmoe_jax.experiments.expand", f"--workdir={tmp / 'x2'}", "--no_such_flag"], E,
           r"^error: command-line flags: python -m medmoe_jax\.experiments\.expand: "
           r"unrecognized arguments: --no_such_flag"),
+      "hf: checkpoint file unreadable": (
+          [*hf, "export", f"--checkpoint={unreadable_hf}", f"--out={tmp / 'o6'}"], E,
+          rf"^error: no intact checkpoint at {unreadable_hf}: every step is damaged"),
       "experiment: unknown language": (
           ["medmoe_jax.experiments.expand", "--quick", "--corpus=sample", "--original=en,xx",
            f"--workdir={tmp / 'x'}"], E, r"^error: --original: 'xx' is not in the embedded sample"),
@@ -143,25 +154,40 @@ def _cases(tmp):
 
 CASES = ["train: bad config value", "train: config file missing", "train: unknown config key",
          "train: config file with a syntax error", "train: half the multi-process flags", "train: upcycle source missing",
-         "train: every checkpoint damaged", "dry run: unknown topology",
+         "train: every checkpoint damaged", "train: checkpoint file unreadable",
+         "dry run: unknown topology",
          "eval: checkpoint path missing", "eval: config.json malformed", "eval: unknown task",
          "data: malformed data file", "data: disk full", "hf: not a model directory",
          "hf: config.json malformed", "hf: truncated weights", "hf: damaged checkpoint",
          "train: unknown flag", "dry run: flag value of the wrong type", "eval: unknown flag",
          "data: unknown flag", "hf: unknown flag", "experiment: unknown flag",
+         "hf: checkpoint file unreadable",
          "experiment: unknown language"]
 
 
-def _run(argv, tmp, limit_file_size=False):
+def _small_files():  # RLIMIT_FSIZE: writes past 64 KiB fail with EFBIG (Python ignores SIGXFSZ)
+  import resource
+  resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+
+def _without_root_override():
+  """Root reads a mode-000 file anyway (CAP_DAC_OVERRIDE), and CI runs as root: drop the two
+  capabilities that bypass file permissions from the bounding set, so the command (still uid 0,
+  owning every file) gets the kernel's real EACCES. Not root: the mode alone does it."""
+  if os.geteuid() != 0:
+    return
+  import ctypes
+  libc = ctypes.CDLL(None, use_errno=True)
+  for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; prctl(PR_CAPBSET_DROP=24)
+    if libc.prctl(24, cap, 0, 0, 0) != 0:
+      raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) needs CAP_SETPCAP")
+
+
+def _run(argv, tmp, preexec_fn=None):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"
-
-  def small_files():  # RLIMIT_FSIZE: writes past 64 KiB fail with EFBIG (Python ignores SIGXFSZ)
-    import resource
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
-
   return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600, preexec_fn=small_files if limit_file_size else None)
+                        text=True, timeout=600, preexec_fn=preexec_fn)
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +196,9 @@ def results(tmp_path_factory):
   cases = _cases(tmp)
   assert list(cases) == CASES
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {name: pool.submit(_run, argv, tmp, name == "data: disk full")
+    preexec = {"data: disk full": _small_files, "train: checkpoint file unreadable":
+               _without_root_override, "hf: checkpoint file unreadable": _without_root_override}
+    futures = {name: pool.submit(_run, argv, tmp, preexec.get(name))
                for name, (argv, _, _) in cases.items()}
     return {name: (cases[name], f.result()) for name, f in futures.items()}, tmp
 
@@ -191,6 +219,15 @@ def test_cli_fault_is_one_line_and_its_exit_code(results, name):
     damaged = tmp / ("damaged_hf" if name.startswith("hf") else "damaged") / "checkpoints"
     assert any(re.match(rf"checkpoint step 4 in {damaged} is damaged: .*_METADATA is missing",
                         l) for l in lines), p.stderr
+  if name.endswith("checkpoint file unreadable"):
+    # A real EACCES: training moves the step aside, a reader (hf export) leaves it in place.
+    root = tmp / ("unreadable_hf" if name.startswith("hf") else "unreadable") / "checkpoints"
+    where = "left in place \\(read-only\\)" if name.startswith("hf") else (
+        f"moved aside to {root / '4.damaged'}")
+    assert [l for l in lines if re.fullmatch(
+        rf"checkpoint step 4 in {root} is damaged: {root / '4' / 'state' / '_METADATA'} is "
+        rf"unreadable \(Permission denied\); {where}", l)], p.stderr
+    assert sorted(os.listdir(root)) == (["4"] if name.startswith("hf") else ["4.damaged"])
 
 
 def test_a_bug_keeps_its_traceback_and_says_it_is_a_bug(tmp_path):
