@@ -20,7 +20,7 @@ from medmoe_jax.data import specs as data_specs
 from medmoe_jax.errors import ConfigError
 from medmoe_jax.model.spec import (BACKENDS, BATCH_MESH_AXES, GROUPED_MATMULS, LANGUAGE_ROUTING,
                                    MESH_AXES, ModelSpec, MoESpec, parse_moe_layers, segments_for)
-from medmoe_jax.presets import MODEL_SIZES, PAPER_TRAINING
+from medmoe_jax.presets import MODEL_SIZES, PAPER_MESH, PAPER_TRAINING
 from medmoe_jax.training.spec import TrainSpec
 
 SAMPLE_LANGUAGES = ("en", "zh", "fr", "hi", "es", "ar", "ru", "ja", "ko", "de", "it", "pt",
@@ -157,7 +157,8 @@ def apply_size(c: ml_collections.ConfigDict, size: str) -> None:
 
 def apply_paper_training(c: ml_collections.ConfigDict) -> None:
   """For the real sizes: the paper's training settings (bf16, 4096-token rows, 32 rows a step,
-  lr 1e-4, remat) and the base model's own tokenizer (set config.data.tokenizer to its path)."""
+  lr 1e-4, remat), a mesh that fits the recommended hardware (presets.PAPER_MESH) and the base
+  model's own tokenizer (set config.data.tokenizer to its path)."""
   if c.size in ("tiny", "small"):
     return
   c.data.seq_len = PAPER_TRAINING["seq_len"]
@@ -168,6 +169,7 @@ def apply_paper_training(c: ml_collections.ConfigDict) -> None:
   c.data.tokenizer = ""
   c.train.steps = 20000
   c.train.checkpoint_every = 1000
+  c.mesh.update(PAPER_MESH.get(c.size, {}))
 
 
 def _err(key: str, msg: str) -> ConfigError:

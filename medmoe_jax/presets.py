@@ -20,6 +20,18 @@ MODEL_SIZES = {
 # real sizes: bf16, packed 4096-token rows, 32 rows a step, lr 1e-4, remat.
 PAPER_TRAINING = dict(seq_len=4096, batch_size=32, lr=1e-4, dtype="bfloat16", remat="save_dots")
 
+# Default meshes of the real sizes: ones that fit the hardware launch/README.md recommends for
+# them (dry run, paper settings). 0.5b: its 7.3 GiB of state fits one device, so pure data
+# parallelism (8 x H100 or v5p-16). 1.5b and 7b: FSDP over every device (16 x H100 or v5p-32;
+# v5p-64), since 23 GiB and 113 GiB of state leave too little room for activations, or do not
+# fit at all, on one device. Data parallelism for 7b on 64 devices would need 113 GiB a device
+# before any activation; the dry run names a mesh that fits when the one given does not.
+PAPER_MESH = {
+    "0.5b": dict(data=-1, fsdp=1, expert=1, tensor=1),
+    "1.5b": dict(data=1, fsdp=-1, expert=1, tensor=1),
+    "7b": dict(data=1, fsdp=-1, expert=1, tensor=1),
+}
+
 
 def apollo_moe(c, *, num_experts: int = 7, top_k: int = 2, routing: str = "hybrid",
                table: str = "apollo50", assignment: str = "family") -> None:

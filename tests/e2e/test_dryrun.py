@@ -18,6 +18,8 @@ from medmoe_jax import dryrun, sharding
 from medmoe_jax.model import Transformer
 from medmoe_jax.train import Trainer
 
+GIB = 1024**3
+
 
 def _cli(*args):
   env = dict(os.environ)
@@ -127,8 +129,41 @@ def test_what_cannot_fit_fails_before_compiling():
   # 7b, data parallel only, 8 x v6e (32 GiB): f32 parameters + Adam alone are ~127 GB a device.
   c = load_config("post_moe", "7b")
   c.data.batch_size = 8
+  c.mesh.update(dict(data=-1, fsdp=1))  # 7b's default mesh is FSDP over every device
   with pytest.raises(dryrun.DryRunError, match=r"already exceed the 32.00 GiB .* shard them with config.mesh.fsdp"):
-    dryrun.run(c, topology="v6e-8")
+    dryrun.run(c, topology="v6e-8", suggest=False)
+
+
+def test_7b_on_8_devices_of_40_gib_suggests_the_smallest_fsdp_that_fits():
+  """7b (10.1B parameters with its experts: 113 GiB of f32 parameters and Adam moments) on 8
+  devices of 40 GiB, data parallel: the state alone does not fit. fsdp=2 leaves 56 GiB of state
+  a device (skipped before compiling); fsdp=4 28 GiB, but with its gradients and temporaries
+  the compiled step does not fit; fsdp=8 does. Short rows keep the compiles small; the
+  parameters are the real 7b ones."""
+  c = load_config("post_moe", "7b")
+  c.data.update(dict(seq_len=128, batch_size=8))
+  c.mesh.update(dict(data=-1, fsdp=1))
+  gpu40 = dryrun.Topology("8 x 40 GiB", dryrun.Accelerator("40 GiB GPU", 312e12, 40 * GIB,
+                                                           "GPUs", 1, "gpu"), 8)
+  assert [m["fsdp"] for m in dryrun.candidate_meshes(c, 8)] == [1, 2, 4, 8]
+  with pytest.raises(dryrun.DoesNotFit, match=r"already exceed the 40.00 GiB .*on the same "
+                     r"devices the mesh \{'data': 1, 'fsdp': 8, 'expert': 1, 'tensor': 1\} fits: "
+                     r"3\d.\d\d GiB per device \(--config.mesh.data=1 --config.mesh.fsdp=8 ") as e:
+    dryrun.run(c, gpu40)
+  r = e.value.suggestion
+  shapes = nnx.eval_shape(lambda: Transformer(cfg_lib.model_spec(c), rngs=nnx.Rngs(0)))
+  n = sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(shapes, nnx.Param)))
+  assert 9.5e9 < n < 11e9
+  assert r["params_bytes_per_device"] == pytest.approx(4 * n / 8, rel=0.01)       # 4.7 GiB
+  assert r["optimizer_bytes_per_device"] == pytest.approx(8 * n / 8, rel=0.01)    # 9.4 GiB
+  assert 30 * GIB < r["total_bytes_per_device"] <= 40 * GIB
+  tried = {t["mesh"]["fsdp"]: t for t in r["meshes_tried"]}
+  assert sorted(tried) == [2, 4, 8]
+  assert tried[2]["state_bytes_per_device"] == pytest.approx(12 * n / 2, rel=0.01)
+  assert tried[2]["total_bytes_per_device"] is None                  # never compiled
+  assert tried[4]["state_bytes_per_device"] == pytest.approx(12 * n / 4, rel=0.01)
+  assert tried[4]["total_bytes_per_device"] > 40 * GIB               # compiled: too big
+  assert tried[8]["total_bytes_per_device"] == r["total_bytes_per_device"]
 
 
 def test_cli_reports_a_bad_mesh_in_one_line():
