@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 from typing import Any
 
 import numpy as np
 
 # pipeline (grain) is imported where batches are made: statistics alone do not need it.
+from medmoe_jax import urls
 from medmoe_jax.data import sources
 from medmoe_jax.data.specs import DataSpec
 from medmoe_jax.fileio import write_atomic
@@ -183,7 +183,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def stats_path(data: DataSpec) -> str:
-  return os.path.join(data.data_dir, f"stats_{data.name}.json")
+  return urls.join(data.data_dir, f"stats_{data.name}.json")
 
 
 def prepare(data: DataSpec, tokenizer=None, *, log=print) -> dict[str, Any]:
@@ -192,9 +192,9 @@ def prepare(data: DataSpec, tokenizer=None, *, log=print) -> dict[str, Any]:
   stats = corpus_stats(data, built, tokenizer)
   path = stats_path(data)
   text = json.dumps(stats, indent=1, sort_keys=True, ensure_ascii=False)
-  old = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
+  old = urls.read_text(path) if urls.isfile(path) else None
   if old is None or json.loads(old) != json.loads(text):
-    write_atomic(path, text)
+    (urls.write_text if urls.is_url(path) else write_atomic)(path, text)
   stats["built_now"] = [b.spec.name for b in built if b.built]
   if log:
     log(format_stats(stats))

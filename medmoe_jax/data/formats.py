@@ -35,6 +35,7 @@ from typing import Any
 
 from medmoe_jax.errors import InputError  # a ValueError the CLIs report in one line
 
+from medmoe_jax import urls
 from medmoe_jax.data import chat
 
 TEXT_ROLES = ("assistant", "gpt", "model", "bot", "chatbot")
@@ -77,6 +78,8 @@ def file_format(path: str) -> str:
 
 
 def _open(path: str):
+  if urls.is_url(path):  # gs://... through fsspec
+    return urls.open_binary(path)
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
@@ -177,7 +180,7 @@ def _iter_parquet(path: str) -> Iterator[tuple[int, Any]]:
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
   try:
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(urls.open_binary(path) if urls.is_url(path) else path)
   except Exception as e:  # pyarrow raises several types for a corrupt file
     yield "row 1", DataError(path, "row 1", "malformed_parquet", f"not a readable Parquet file "
                              f"({type(e).__name__}: {e})", fatal=True)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from medmoe_jax import urls
 from medmoe_jax.data import chat, formats, langid, specs
 from medmoe_jax.data.specs import SAMPLE_TEXT_DIR, SourceSpec, sample_files  # noqa: F401
 
@@ -298,8 +299,7 @@ def known_languages(custom: Sequence[str] = ()) -> specs.KnownLanguages:
 
 
 def _file_key(path: str) -> list[Any]:
-  st = os.stat(path)
-  return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+  return urls.file_key(path)  # path, size, version (mtime; a bucket object's generation)
 
 
 def _fingerprint(spec: SourceSpec, files: Sequence[str], on_error: str, every: int,
@@ -477,6 +477,10 @@ def build_source(
   candidates = tuple(sorted(set(spec.detect if spec.detect is not None else (detect or ()))))
   base = _fingerprint(spec, files, on_error, validation_every, known, template)
 
+  if urls.is_url(data_dir):
+    return _build_in_bucket(spec, str(data_dir), base, candidates, dict(
+        on_error=on_error, validation_every=validation_every, detect=detect, known=known,
+        log=log, template=template))
   root = pathlib.Path(data_dir) / spec.name
   version_dir = root / FORMAT_VERSION
   meta_path = version_dir / "metadata.json"
@@ -484,24 +488,61 @@ def build_source(
     meta = None
     if version_dir.exists():
       old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-      if "fingerprint" not in old:
-        raise ValueError(
-            f"{version_dir} exists but was not written by medmoe_jax (no fingerprint in "
-            "metadata.json); choose another data_dir or source name, or remove it")
-      # Detection candidates matter only to a build that detected something.
-      same = old["fingerprint"] == base and (
-          not old["stats"]["detected"] and spec.lang != specs.FROM_PATH
-          or old["stats"]["detect_candidates"] == list(candidates))
-      meta = old if same else None
+      meta = old if _reusable(old, version_dir, spec, base, candidates) else None
     built = meta is None
     if built:
       if log:
         log(f"building source {spec.name!r} from {len(files)} file(s) into {version_dir}")
       meta = _build(spec, files, root, version_dir, on_error, validation_every, candidates,
                     known, base, template)
+  return _built_source(spec, version_dir, meta, built)
+
+
+def _built_source(spec: SourceSpec, version_dir: pathlib.Path, meta: dict, built: bool):
   splits = {s: TextSource(_split_paths(version_dir, spec.name, s), meta["lang_runs"][s],
                           name=f"{spec.name}/{s}") for s in SPLITS}
   return BuiltSource(spec, splits, meta["stats"], built, version_dir)
+
+
+def _reusable(old: dict, where, spec: SourceSpec, fingerprint: str, candidates) -> bool:
+  """Whether a build's metadata says it was built from these inputs with these options."""
+  if "fingerprint" not in old:
+    raise ValueError(
+        f"{where} exists but was not written by medmoe_jax (no fingerprint in "
+        "metadata.json); choose another data_dir or source name, or remove it")
+  # Detection candidates matter only to a build that detected something.
+  return old["fingerprint"] == fingerprint and (
+      not old["stats"]["detected"] and spec.lang != specs.FROM_PATH
+      or old["stats"]["detect_candidates"] == list(candidates))
+
+
+def _build_in_bucket(spec: SourceSpec, data_dir: str, fingerprint: str, candidates,
+                     options: dict) -> BuiltSource:
+  """A data_dir at a URL (gs://...): the build lives there, built once, and every worker reads
+  a local copy (ArrayRecord's reader reads local files only; urls.cache_dir). A build in the
+  bucket from the same inputs is downloaded (once per machine: a copy with the same metadata is
+  reused); otherwise the source is built locally and uploaded, metadata.json last, so a copy
+  without it is never taken for a build."""
+  remote = urls.join(data_dir, spec.name, FORMAT_VERSION)
+  remote_meta = urls.join(remote, "metadata.json")
+  local_root = urls.cache_dir(data_dir)
+  local = pathlib.Path(local_root) / spec.name / FORMAT_VERSION
+  if urls.exists(remote_meta):
+    old = json.loads(urls.read_text(remote_meta))
+    if _reusable(old, remote, spec, fingerprint, candidates):
+      local_meta = local / "metadata.json"
+      if not (local_meta.is_file() and json.loads(local_meta.read_text()) == old):
+        if local.exists():
+          shutil.rmtree(local)
+        urls.download_dir(remote, str(local))
+      return _built_source(spec, local, old, built=False)
+  result = build_source(spec, local_root, **options)
+  if urls.exists(remote):
+    urls.remove_tree(remote)  # an older build of other inputs: none of its shards may stay
+  if options.get("log"):
+    options["log"](f"uploading source {spec.name!r} to {remote}")
+  urls.upload_dir(str(result.directory), remote, last="metadata.json")
+  return result
 
 
 def _build(spec, files, root, version_dir, on_error, every, candidates, known, fingerprint,

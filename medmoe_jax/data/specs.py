@@ -33,6 +33,7 @@ import pathlib
 import re
 from collections.abc import Sequence
 
+from medmoe_jax import urls
 from medmoe_jax.data import chat
 
 KINDS = ("auto", "text", "sft")
@@ -59,12 +60,16 @@ class SourceSpec:
       if pattern == SAMPLE:
         out.extend(sample_files())
         continue
-      path = os.path.expanduser(pattern)
-      found = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+      remote = urls.is_url(pattern)  # gs://... and other fsspec URLs
+      path = pattern if remote else os.path.expanduser(pattern)
+      if glob.has_magic(path):
+        found = urls.glob(path) if remote else sorted(glob.glob(path))
+      else:
+        found = [path]
       if not found:
         raise FileNotFoundError(f"source {self.name!r}: {pattern!r} matches no file")
       for f in found:
-        if not os.path.isfile(f):
+        if not urls.isfile(f):
           raise FileNotFoundError(f"source {self.name!r}: input file not found: {f}")
       out.extend(found)
     return out

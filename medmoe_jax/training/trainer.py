@@ -364,12 +364,15 @@ class _Log:
 
 def train(c, workdir: str | None = None, *, logdir: str | None = None):
   """`python -m medmoe_jax.train`: build the run, print what it is, train, close. workdir
-  defaults to ./workdir/<config.name>; a gs:// workdir keeps checkpoints there and the logs in
-  `logdir` (process 0's disk). Returns the final state."""
+  defaults to ./workdir/<config.name>; a gs:// workdir keeps checkpoints and (unless
+  config.data.data_dir says otherwise) the built datasets there, and the logs in `logdir`
+  (process 0's disk). Returns the final state."""
   workdir = paths.absolute(workdir or os.path.join("workdir", c.name))
   checkpoint_dir = None
-  if "://" in workdir:  # gs://...: checkpoints shared there; logs local to process 0
+  if "://" in workdir:  # gs://...: checkpoints and built data shared there; logs local to process 0
     checkpoint_dir = workdir.rstrip("/") + "/checkpoints"
+    if not c.data.data_dir:
+      c.data.data_dir = workdir.rstrip("/") + "/data"
     workdir = paths.absolute(logdir or os.path.join("/tmp/medmoe_jax", c.name))
   trainer = Trainer(c, workdir, checkpoint_dir=checkpoint_dir).setup()
   lead = jax.process_index() == 0
