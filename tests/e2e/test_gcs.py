@@ -1,0 +1,204 @@
+"""Data and checkpoints in a gs:// bucket, against a real local GCS emulator (the
+`gcp-storage-emulator` package, started here as its own process; no internet).
+
+gcsfs (fsspec: the corpus, the built datasets, Orbax's files through etils.epath) reaches it
+through STORAGE_EMULATOR_HOST; TensorStore (Orbax's arrays) through TENSORSTORE_GCS_HTTP_URL and
+GOOGLE_AUTH_TOKEN_FOR_TESTING. A run that reads its corpus from the bucket, builds its dataset
+there, checkpoints there, is killed (SIGKILL) and resumes from the bucket ends as a run that was
+never interrupted, on local disk; a second worker's machine (an empty local cache) reads the
+build from the bucket instead of building it again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from medmoe_jax.checkpoint import PAUSE_ENV
+from medmoe_jax.data import specs
+
+# Read when gcsfs is imported: without it gcsfs asks the (absent) Storage Control API about each
+# bucket's layout, and waits a minute for the answer.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+pytest.importorskip("gcsfs")
+pytest.importorskip("gcp_storage_emulator")
+
+BUCKET = "medmoe"
+LANGS = ("de", "en", "es", "fr")
+STEPS = 6
+ARGS = [
+    "--config=configs/post_moe.py", "--config.model.num_layers=2", "--config.moe.layers=last:1",
+    "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
+    "--config.model.d_ff=64", "--config.data.seq_len=32", "--config.data.batch_size=8",
+    f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2",
+    "--config.train.log_every=3", "--config.mesh.data=1", "--config.languages.use=" + repr(LANGS),
+]
+HANG_GUARD_S = 900  # not a timing assertion: only keeps a broken run from hanging CI
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+  port = _free_port()
+  log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "wb")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+       "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "--quiet"],
+      stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 60
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      if proc.poll() is not None or time.monotonic() > deadline:
+        proc.kill()
+        pytest.fail("the GCS emulator did not start")
+      time.sleep(0.1)
+  url = f"http://127.0.0.1:{port}"
+  env = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+             GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield env
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  proc.terminate()
+  proc.wait(30)
+  log.close()
+
+
+def _fs():
+  import fsspec
+  return fsspec.filesystem("gs")
+
+
+def _env(cache, **extra):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one CPU device, as a single-host run
+  # The compiled steps come from the compilation cache shared with the pytest run.
+  env.update(JAX_PLATFORMS="cpu", MEDMOE_JAX_CACHE=str(cache),
+             JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "medmoe_jax_test_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update(extra)
+  return env
+
+
+def _train(workdir, sources, log, cache, *extra, **env):
+  out = open(log, "wb")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "medmoe_jax.train", *ARGS, f"--config.data.sources={sources}",
+       f"--workdir={workdir}", *extra], cwd=REPO, env=_env(cache, **env), stdout=out,
+      stderr=subprocess.STDOUT)
+  proc.log, proc.out = log, out
+  return proc
+
+
+def _text(proc) -> str:
+  with open(proc.log, encoding="utf-8", errors="replace") as f:
+    return f.read()
+
+
+def _finish(proc) -> int:
+  try:
+    rc = proc.wait(HANG_GUARD_S)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    pytest.fail(f"process did not exit:\n{_text(proc)[-3000:]}")
+  proc.out.close()
+  return rc
+
+
+def _history(logdir):
+  with open(os.path.join(logdir, "metrics.jsonl"), encoding="utf-8") as f:
+    recs = [json.loads(l) for l in f]
+  for r in recs:
+    r.pop("tokens_per_sec")  # wall-clock dependent
+  return recs
+
+
+def _final_params(ckpt_dir):
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"))
+  state = mngr.restore(STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mngr.close()
+  flat = {}
+
+  def walk(tree, prefix=""):
+    for k, v in tree.items():
+      walk(v, f"{prefix}{k}/") if isinstance(v, dict) else flat.__setitem__(prefix + k, np.asarray(v))
+  walk(state["params"])
+  return int(state["step"]), flat
+
+
+def test_corpus_dataset_and_checkpoints_in_a_bucket_resume_as_one_run(emulator, tmp_path):
+  fs = _fs()
+  local_corpus = tmp_path / "corpus"  # same directory name: the source is named "corpus" both ways
+  local_corpus.mkdir()
+  for lang in LANGS:
+    src = specs.SAMPLE_TEXT_DIR / f"{lang}.jsonl"
+    shutil.copy(src, local_corpus / src.name)
+    fs.put_file(str(src), f"{BUCKET}/corpus/{src.name}")
+  run = f"gs://{BUCKET}/run"
+
+  # The uninterrupted reference: everything on local disk.
+  ref = _train(tmp_path / "ref", f"{local_corpus}/*.jsonl", tmp_path / "ref.log",
+               tmp_path / "cache_ref")
+
+  # 1. From the bucket: builds the dataset there, checkpoints there; killed while the save of
+  #    step 4 is held open (steps 2 committed, 4 written but not committed).
+  a = _train(run, f"gs://{BUCKET}/corpus/*.jsonl", tmp_path / "a.log", tmp_path / "cache_a",
+             f"--logdir={tmp_path / 'logs'}", **{PAUSE_ENV: "4:600"})
+  deadline = time.monotonic() + HANG_GUARD_S
+  while "checkpoint step 4 is fully written" not in _text(a):
+    assert a.poll() is None, _text(a)[-3000:]
+    assert time.monotonic() < deadline, _text(a)[-3000:]
+    time.sleep(0.1)
+  a.send_signal(signal.SIGKILL)
+  assert _finish(a) == -signal.SIGKILL
+  text_a = _text(a)
+  assert "building source 'corpus'" in text_a and f"uploading source 'corpus' to {run}/data/corpus" in text_a
+  assert fs.exists(f"{BUCKET}/run/checkpoints/2/commit_success.txt")
+  assert not fs.exists(f"{BUCKET}/run/checkpoints/4/commit_success.txt")
+  built = [p for p in fs.find(f"{BUCKET}/run/data/corpus") if ".array_record-" in p]
+  assert built and any(p.endswith("/metadata.json") for p in fs.find(f"{BUCKET}/run/data/corpus"))
+
+  # 2. Restart the same command on a machine with an empty cache (another worker): it reads the
+  #    build from the bucket, resumes from step 2 in the bucket, and finishes.
+  b = _train(run, f"gs://{BUCKET}/corpus/*.jsonl", tmp_path / "b.log", tmp_path / "cache_b",
+             f"--logdir={tmp_path / 'logs'}")
+  assert _finish(b) == 0, _text(b)[-3000:]
+  text_b = _text(b)
+  assert "resuming from checkpoint step 2" in text_b, text_b[-3000:]
+  assert "building source" not in text_b and "uploading source" not in text_b
+  assert any(".array_record-" in f for _, _, files in os.walk(tmp_path / "cache_b") for f in files)
+
+  assert _finish(ref) == 0, _text(ref)[-3000:]
+  got_step, got = _final_params(f"{run}/checkpoints")
+  ref_step, want = _final_params(str(tmp_path / "ref" / "checkpoints"))
+  assert got_step == ref_step == STEPS
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  hist = _history(tmp_path / "logs")
+  assert [r["step"] for r in hist] == [3, 6]
+  assert hist == _history(tmp_path / "ref")
