@@ -13,8 +13,10 @@ scheduler sees) lives here, so it is written down once and the README can point 
                                          the run fails only if its last save fails
   bad config / input / workdir           one line naming what and where, before compute   2
   a damaged checkpoint (file missing,    one line naming step and file; the step is      -
-  truncated or changed: its manifest)    moved aside, the run resumes from the newest
-                                         intact one; none intact: one line                2
+  truncated, unreadable or changed: its  moved aside, the run resumes from the newest
+  manifest; or no manifest and a read    intact one (with several processes: all from
+  fails)                                 the same one); none intact: one line             2
+  a flag error (unknown flag, bad value) one line                                         2
   disk full writing any other output     one line                                         4
   Ctrl-C outside training                one line                                         130
   anything else (a bug)                  its traceback and a line saying it is a bug      1
