@@ -230,8 +230,8 @@ def _segments(text: str, spans, eos_labels=()) -> list[tuple[str, str, bool]]:
 
 
 class _ReadTokenize:
-  """A batch of record ids -> [{"tokens", "targets", "lang_ids", "loss_mask"}] (BOS + ids + EOS
-  each)."""
+  """A batch of record ids -> [{"tokens", "lang_ids", "loss_mask"}] (BOS + ids + EOS each;
+  loss_mask EOS_TARGET where the target is EOS instead of the token, see `targets_of`)."""
 
   def __init__(self, source, tok, lang_index: Mapping[str, int]):
     self._source, self._tok, self._lang_index = source, tok, dict(lang_index)
@@ -263,20 +263,16 @@ class _ReadTokenize:
     out, k = [], 0
     for rec, (how, what) in zip(recs, layout):
       parts, masks = [np.asarray([bos], np.int32)], [np.zeros(1, np.int32)]
-      eos_at = []  # token positions whose target is EOS instead of the token
       if how == "segments":
         n = len(what)
-        pos = 1
         for j, eos_label in enumerate(what):
           piece = np.asarray(encoded[k + j], np.int32)
           n_masked = min(len(encoded[k + n + j]) if texts[k + n + j] else 0, len(piece))
           mask = (np.arange(len(piece)) >= n_masked).astype(np.int32)
           if eos_label and len(piece):
-            mask[0] = 1
-            eos_at.append(pos)
+            mask[0] = EOS_TARGET
           parts.append(piece)
           masks.append(mask)
-          pos += len(piece)
         k += 2 * n
         last_is_target = bool(len(masks[-1]) and masks[-1][-1])
       else:
@@ -290,13 +286,11 @@ class _ReadTokenize:
       masks.append(np.asarray([int(last_is_target)], np.int32))
       tokens = np.concatenate(parts)
       mask = np.concatenate(masks)
-      targets = tokens.copy()
-      targets[eos_at] = eos
       if how == "pieces" and len(what) == 1 and not what[0]:
         mask[0] = 1  # a text record: every token, BOS included, counts as real
       lang = self._lang_index[_str(rec["lang"])]
-      out.append({"tokens": tokens, "targets": targets,
-                  "lang_ids": np.full(tokens.shape, lang, np.int32), "loss_mask": mask})
+      out.append({"tokens": tokens, "lang_ids": np.full(tokens.shape, lang, np.int32),
+                  "loss_mask": mask})
     return out
 
 
@@ -313,17 +307,32 @@ class _SplitChunks(grain.experimental.FlatMapTransform):
             for d in docs for s in range(0, len(d["tokens"]), self._n)]
 
 
-def _to_batch(batch_size: int):
+# A loss_mask value while packing: the token is a target, and its target is EOS, not the token
+# (the official Apollo labels of a later user turn, data/chat.py). Carried in loss_mask rather
+# than as a packed array of its own: packing a fourth array costs ~25% of the throughput.
+EOS_TARGET = 2
+
+
+def targets_of(tokens: np.ndarray, loss_mask: np.ndarray, eos_id: int):
+  """(targets, loss_mask in {0, 1}) of packed tokens and a loss_mask holding EOS_TARGET."""
+  eos_target = loss_mask == EOS_TARGET
+  return (np.where(eos_target, eos_id, tokens).astype(np.int32),
+          (loss_mask > 0).astype(np.int32))
+
+
+def _to_batch(batch_size: int, eos_id: int):
   def finalize(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     seg = b["tokens_segment_ids"].astype(np.int32)
     real = seg > 0
+    tokens = np.where(real, b["tokens"], 0).astype(np.int32)
+    targets, loss_mask = targets_of(tokens, np.where(real, b["loss_mask"], 0), eos_id)
     out = {
-        "tokens": np.where(real, b["tokens"], 0).astype(np.int32),
-        "targets": np.where(real, b["targets"], 0).astype(np.int32),
+        "tokens": tokens,
+        "targets": targets,
         "segment_ids": seg,
         "positions": b["tokens_positions"].astype(np.int32),
         "lang_ids": np.where(real, b["lang_ids"], -1).astype(np.int32),
-        "loss_mask": np.where(real, b["loss_mask"], 0).astype(np.int32),
+        "loss_mask": loss_mask,
     }
     short = batch_size - seg.shape[0]
     if short:  # last batch of a finite stream: pad with empty rows, shapes stay static
@@ -365,14 +374,14 @@ def _tokenize_pack_batch(records: grain.MapDataset, source, tok, languages, seq_
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=4 * max(num_threads, 1)))
   ds = grain.experimental.FlatMapIterDataset(ds, _SplitChunks(seq_len))
-  lengths = {"tokens": seq_len, "targets": seq_len, "lang_ids": seq_len, "loss_mask": seq_len}
+  lengths = {"tokens": seq_len, "lang_ids": seq_len, "loss_mask": seq_len}
   if packing == "first_fit":
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct=lengths, num_packing_bins=batch_size, seed=seed,
         shuffle_bins=shuffle_bins)
   else:
     ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct=lengths)
-  ds = ds.batch(batch_size, drop_remainder=False).map(_to_batch(batch_size))
+  ds = ds.batch(batch_size, drop_remainder=False).map(_to_batch(batch_size, tok.eos_id))
   if prefetch:
     ds = _Prefetch(ds, prefetch_buffer_size=prefetch)
   return ds

@@ -63,11 +63,12 @@ def test_apollo_render_is_the_official_text():
   assert m.text == "User:Hi\nAssistant:Hello.\nUser:Fever?\nAssistant:Rest."
 
 
-def _as_official_labels(rec):
+def _as_official_labels(rec, eos_id):
   """Our row (BOS, then the official input ids) as the official (input_ids, labels): the label
   of token t is its target where loss_mask marks it, else -100 (HF shifts labels itself)."""
+  targets, mask = pipeline.targets_of(rec["tokens"], rec["loss_mask"], eos_id)
   ids = rec["tokens"][1:].tolist()
-  labels = np.where(rec["loss_mask"][1:] == 1, rec["targets"][1:], -100).tolist()
+  labels = np.where(mask[1:] == 1, targets[1:], -100).tolist()
   return ids, labels
 
 
@@ -85,14 +86,14 @@ def test_tokens_and_labels_equal_the_official_preprocessing(tmp_path, tok):
     ids, labels = _official_preprocess(turns, tok.encode, tok.eos_id)
     # Our rows start with BOS (masked); the rest are the official input ids and labels.
     assert rec["tokens"][0] == tok.bos_id and rec["loss_mask"][0] == 0
-    assert _as_official_labels(rec) == (ids, labels)
+    assert _as_official_labels(rec, tok.eos_id) == (ids, labels)
     # One EOS label per later user turn (input "\n", label EOS), and the final EOS.
     eos_at_user = [i for i, (l, t) in enumerate(zip(labels, ids)) if l == tok.eos_id and t != l]
     assert len(eos_at_user) == len(turns) // 2 - 1
     assert all(tok.decode(ids[i:]).startswith("\nUser:") for i in eos_at_user)
   # The single-turn record: the targets are exactly the answer and EOS.
   qa_rec = got[0]
-  target = qa_rec["targets"][qa_rec["loss_mask"] == 1]
+  target = qa_rec["tokens"][qa_rec["loss_mask"] == 1]
   assert target[-1] == tok.eos_id
   assert tok.decode(target[:-1]) == "Artemisinin, 3 days."
   assert tok.decode(qa_rec["tokens"][qa_rec["loss_mask"] == 0]) == "User:Which drug treats malaria?\nAssistant:"
@@ -122,19 +123,19 @@ def test_multi_turn_labels_at_hand_counted_positions():
   """"User:Hi" = tokens 0-6, "\nAssistant:Yo" = 7-19 (the first 11 masked), "\nUser:Q" = 20-26,
   "\nAssistant:No" = 27-39, EOS = 40 (official positions; ours are one later, after BOS)."""
   rec = _char_row(["Hi", "Yo", "Q", "No"])
-  ids, labels = _as_official_labels(rec)
+  ids, labels = _as_official_labels(rec, 2)
   c = _Chars()
   assert ids == c.encode("User:Hi\nAssistant:Yo\nUser:Q\nAssistant:No") + [2]
   assert [i for i, l in enumerate(labels) if l != -100] == [18, 19, 20, 38, 39, 40]
   assert [labels[i] for i in (18, 19, 20, 38, 39, 40)] == c.encode("Yo") + [2] + c.encode("No") + [2]
   assert ids[20] == c.encode("\n")[0]  # the input stays "\n"; its label is EOS
-  assert _as_official_labels(rec) == _official_preprocess(["Hi", "Yo", "Q", "No"], c.encode, 2)
+  assert _as_official_labels(rec, 2) == _official_preprocess(["Hi", "Yo", "Q", "No"], c.encode, 2)
   # Three rounds: EOS labels at the start of both later user turns.
   rec3 = _char_row(["Hi", "Yo", "Q", "No", "R", "Ok"])
-  ids3, labels3 = _as_official_labels(rec3)
+  ids3, labels3 = _as_official_labels(rec3, 2)
   assert [i for i, l in enumerate(labels3) if l != -100] == [18, 19, 20, 38, 39, 40, 58, 59, 60]
   assert [i for i, l in enumerate(labels3) if l == 2] == [20, 40, 60]
-  assert _as_official_labels(rec3) == _official_preprocess(["Hi", "Yo", "Q", "No", "R", "Ok"], c.encode, 2)
+  assert _as_official_labels(rec3, 2) == _official_preprocess(["Hi", "Yo", "Q", "No", "R", "Ok"], c.encode, 2)
 
 
 def test_training_loss_targets_eos_at_the_next_user_turn():
@@ -143,8 +144,9 @@ def test_training_loss_targets_eos_at_the_next_user_turn():
   from medmoe_jax.training.step import token_targets
   rec = _char_row(["Hi", "Yo", "Q", "No"])
   n = len(rec["tokens"])
-  batch = {"tokens": rec["tokens"][None], "targets": rec["targets"][None],
-           "loss_mask": rec["loss_mask"][None], "segment_ids": np.ones((1, n), np.int32)}
+  targets, mask = pipeline.targets_of(rec["tokens"], rec["loss_mask"], 2)
+  batch = {"tokens": rec["tokens"][None], "targets": targets[None],
+           "loss_mask": mask[None], "segment_ids": np.ones((1, n), np.int32)}
   targets, w = token_targets({k: jnp.asarray(v) for k, v in batch.items()})
   targets, w = np.asarray(targets[0]), np.asarray(w[0])
   # Row position = official position + 1 (BOS); position t predicts the label of t+1.
@@ -198,3 +200,19 @@ def test_hf_chat_template_masks_all_but_the_assistant_turns(tmp_path):
   c.data.tokenizer = str(tmp_path / "bare")
   with pytest.raises(ValueError, match="has no chat_template"):
     chat.from_config(c)
+
+
+def test_batches_carry_the_eos_target_and_a_0_1_loss_mask():
+  """Through packing and batching: `targets` holds EOS where the next user turn starts, the
+  loss_mask is 0/1, and everything else is the token itself."""
+  r = formats.to_record({"messages": _messages("Hi", "Yo", "Q", "No")})
+  src = [{"text": r.text, "lang": "en",
+          "prompt_spans": {"segments": [list(s) for s in r.prompt_spans],
+                           "eos_labels": list(r.eos_labels)}}]
+  (batch,) = list(pipeline.make_eval_batches(src, languages=["en"], tokenizer=_Chars(), seq_len=48,
+                                             batch_size=1))
+  tokens, targets, mask = batch["tokens"][0], batch["targets"][0], batch["loss_mask"][0]
+  assert set(mask.tolist()) == {0, 1}
+  assert np.flatnonzero(targets != tokens).tolist() == [21]  # row = official position 20 + BOS
+  assert targets[21] == 2 and tokens[21] == 3 + ord("\n")
+  assert np.flatnonzero(mask).tolist() == [19, 20, 21, 39, 40, 41]
