@@ -166,6 +166,28 @@ def test_7b_on_8_devices_of_40_gib_suggests_the_smallest_fsdp_that_fits():
   assert tried[8]["total_bytes_per_device"] == r["total_bytes_per_device"]
 
 
+def test_cli_prints_the_mesh_that_fits_and_fails_in_one_line():
+  # 7b data parallel on v5p-16 (8 devices of 95 GiB): 113 GiB of state a device. The CLI prints
+  # the report of the first fsdp that fits, its JSON, and one error line with the flags; exit 2.
+  r = _cli("--config=configs/post_moe.py:7b", "--dry_run", "--topology=v5p-16",
+           "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.data.seq_len=128",
+           "--config.data.batch_size=8")
+  assert r.returncode == 2, r.stderr[-3000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("dry run failed: post_moe (7b) on v5p-16: parameters "), last
+  found = json.loads([l for l in r.stdout.splitlines()
+                      if l.startswith("DRYRUN_SUGGESTION_JSON ")][-1].split(" ", 1)[1])
+  assert "a mesh that fits on the same devices:" in r.stdout
+  assert found["mesh"]["fsdp"] in (2, 4, 8) and found["mesh"]["data"] * found["mesh"]["fsdp"] == 8
+  assert found["total_bytes_per_device"] <= 95 * GIB
+  assert 3 * found["params_bytes_per_device"] * found["mesh"]["fsdp"] > 95 * GIB  # unsharded params + Adam
+  assert dryrun.mesh_flags(found["mesh"]) in last
+  assert found["moe_kernel"] == "dropless/megablox"
+  smaller = [t for t in found["meshes_tried"] if t["mesh"]["fsdp"] < found["mesh"]["fsdp"]]
+  assert all(t["state_bytes_per_device"] > 95 * GIB or t["total_bytes_per_device"] > 95 * GIB
+             for t in smaller)
+
+
 def test_cli_reports_a_bad_mesh_in_one_line():
   r = _cli("--config=configs/post_moe.py:7b", "--dry_run", "--topology=v5p-128",
            "--config.mesh.expert=3")
