@@ -49,15 +49,21 @@ def decode_in_steps(model, tokens, segment_ids, positions, lang_ids, prefix: int
   """Logits [B, S, V] from Transformer.decode: a prefill of the first `prefix` tokens into a fresh
   cache, then one token a step (the generation path). Call inside jit."""
   import jax.numpy as jnp
+  from flax import nnx
   b, s = tokens.shape
   cut = lambda a, i, n: jax.lax.dynamic_slice_in_dim(a, i, n, axis=1)
   arrays = (tokens, segment_ids, positions, lang_ids)
   logits, cache, _ = model.decode(*(cut(a, 0, prefix) for a in arrays), model.init_cache(b, s), 0)
-  out = [logits]
-  for t in range(prefix, s):
-    logits, cache, _ = model.decode(*(cut(a, t, 1) for a in arrays), cache, t)
-    out.append(logits)
-  return jnp.concatenate(out, axis=1)
+
+  graphdef, state = nnx.split(model)
+
+  def step(carry, t):  # one token at a traced position, as generation runs: compiled once
+    cache, state = carry  # the weights ride in the carry: nnx modules cannot cross into scan
+    out, cache, _ = nnx.merge(graphdef, state).decode(*(cut(a, t, 1) for a in arrays), cache, t)
+    return (cache, state), out[:, 0]
+
+  _, steps = jax.lax.scan(step, (cache, state), jnp.arange(prefix, s))  # [S - prefix, B, V]
+  return jnp.concatenate([logits, jnp.moveaxis(steps, 0, 1)], axis=1)
 
 
 def post_moe_run_config(steps=30):
