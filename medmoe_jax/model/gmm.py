@@ -274,7 +274,7 @@ def _tokamax_swiglu(xb, wg, wu, wd, sizes):
 #     overwrites; its weight gradients skip those rows. Above 3p / 4 the split below would
 #     compute p rows too (p / 2, then r - p / 2 > p / 4 rounded up to p / 2), in two matmuls of
 #     half the size, each less efficient per row: a 200-row group is one chunk of 256, not two
-#     of 128 (docs/benchmarks_history.md, "2026-12-06 (first round)").
+#     of 128 (docs/history.md, benchmark history, "2026-12-06 (first round)").
 #   - otherwise the largest power of two h <= r, then r - h rounded up to a power of two. That
 #     last chunk is moved back to end at the group's end, so it overlaps rows the chunk before it
 #     already did (fewer than r / 2): computed twice, bit for bit the same, in the forward pass
