@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import sys
 import time
 
 import jax
 from tqdm import tqdm
 
 from medmoe_jax import config as cfg_lib
+from medmoe_jax import log
 from medmoe_jax.checkpoint import read_run_config
 from medmoe_jax.checkpoint_integrity import DamagedCheckpointError
 from medmoe_jax.errors import ConfigError
@@ -21,6 +21,8 @@ from medmoe_jax.evaluation import report, tasks
 from medmoe_jax.evaluation.lm import LanguageModel, checkpoint_steps, resolve_checkpoint
 from medmoe_jax.evaluation.tasks.base import ModelRun
 from medmoe_jax.evaluation.tasks.mcq import mcq_files  # noqa: F401 (re-exported by eval.py)
+
+_log = log.get(__name__)
 
 
 def validate(c) -> None:
@@ -83,7 +85,7 @@ class Evaluator:
     t0 = time.time()
     lm = self.load(self.run_dir, step)
     if self.main:
-      print(f"evaluating {self.run_dir} step {lm.step} on mesh {dict(lm.mesh.shape)}", flush=True)
+      _log.info(f"evaluating {self.run_dir} step {lm.step} on mesh {dict(lm.mesh.shape)}")
     entry = {"step": lm.step,
              "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}, mesh "
@@ -162,18 +164,17 @@ class Evaluator:
         except DamagedCheckpointError as e:  # reported, skipped; the next step may be intact
           damaged.add(s)
           if self.main:
-            print(f"follow: step {s} skipped: {e}", file=sys.stderr, flush=True)
+            _log.warning(f"follow: step {s} skipped: {e}")
           continue
         self._record(results, entry)
       if final in done:
         if self.main:
           state = "damaged (skipped)" if final in damaged else "evaluated"
-          print(f"follow: the run's final step {final} is {state}; done", flush=True)
+          _log.info(f"follow: the run's final step {final} is {state}; done")
         return results
       if time.time() - last_new > self.spec.follow_idle_timeout:
         if self.main:
-          print(f"follow: no new checkpoint for {self.spec.follow_idle_timeout:.0f} s; stopping",
-                flush=True)
+          _log.info(f"follow: no new checkpoint for {self.spec.follow_idle_timeout:.0f} s; stopping")
         return results
       time.sleep(self.spec.follow_poll_seconds)
 
