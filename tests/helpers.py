@@ -75,3 +75,32 @@ def post_moe_run_config(steps=30):
   c.train.update(dict(steps=steps, log_every=5, checkpoint_every=15, lr=3e-3))
   c.mesh.update(dict(data=-1))
   return c
+
+
+def metrics_history(workdir):
+  """A run's metrics.jsonl records, without the wall-clock dependent throughput."""
+  import json
+  import os
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    recs = [json.loads(l) for l in f]
+  for r in recs:
+    r.pop("tokens_per_sec")
+  return recs
+
+
+def final_params(ckpt_dir, step):
+  """(step, {"a/b/c": array}) of the parameters saved at `step` in a checkpoint directory."""
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager(str(ckpt_dir), item_names=("state", "data"))
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mngr.close()
+  flat = {}
+
+  def walk(tree, prefix=""):
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}/")
+      else:
+        flat[prefix + k] = np.asarray(v)
+  walk(state["params"])
+  return int(state["step"]), flat

@@ -7,7 +7,6 @@ Killed processes and restarts are in test_kill_resume.py.
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from helpers import metrics_history
 from medmoe_jax import sharding
 from medmoe_jax.checkpoint import Checkpointer
 from medmoe_jax.train import Trainer
@@ -84,14 +84,6 @@ def trainer(tmp_path_factory):
   return FaultyTrainer(c, str(tmp_path_factory.mktemp("run")), mesh=mesh).setup()
 
 
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop("tokens_per_sec")
-  return recs
-
-
 def _restore(t, step):
   state, _, _ = t.checkpointer.restore(t.abstract_state, step)
   return jax.device_get(state)
@@ -106,7 +98,7 @@ def test_nonfinite_stops_naming_the_step_and_keeps_the_last_good_checkpoint(trai
   assert e.value.step == 3 and e.value.last_checkpoint == 2
   assert "\n" not in msg and "step 3" in msg and "last good checkpoint is step 2" in msg, msg
   assert t.checkpointer.all_steps() == [2]
-  assert [r["step"] for r in _history(tmp_path)] == [2]  # step 3's window is never logged
+  assert [r["step"] for r in metrics_history(tmp_path)] == [2]  # step 3's window is never logged
   good = _restore(t, 2)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(good.params))
 
@@ -129,7 +121,7 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_exact(trainer, tmp_p
   got = jax.device_get(t.run(progress=False).params)  # the same command again
   jax.tree.map(np.testing.assert_array_equal, got, want)
   # Including the log window (steps 3-4) that the stop cut in two.
-  assert _history(tmp_path / "run") == _history(tmp_path / "ref")
+  assert metrics_history(tmp_path / "run") == metrics_history(tmp_path / "ref")
 
 
 def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(trainer, tmp_path, capfd):
@@ -143,7 +135,7 @@ def test_nonfinite_skip_drops_the_update_counts_it_and_goes_on(trainer, tmp_path
     t.set_loop(on_nonfinite="stop", checkpoint_every=2)
   assert int(final.step) == 6
   assert "step 3: non-finite loss=nan" in capfd.readouterr().err
-  hist = _history(tmp_path)
+  hist = metrics_history(tmp_path)
   assert [(r["step"], r["skipped_steps"]) for r in hist] == [(2, 0), (4, 1), (6, 0)]
   assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in hist)
   s2, s3, s4 = (_restore(t, s) for s in (2, 3, 4))

@@ -13,7 +13,6 @@ this emulator does not answer reliably (README, "Scaling out").
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from helpers import final_params, metrics_history
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.data import specs
 
@@ -131,28 +131,6 @@ def _finish(proc) -> int:
   return rc
 
 
-def _history(logdir):
-  with open(os.path.join(logdir, "metrics.jsonl"), encoding="utf-8") as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop("tokens_per_sec")  # wall-clock dependent
-  return recs
-
-
-def _final_params(ckpt_dir):
-  import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"))
-  state = mngr.restore(STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  mngr.close()
-  flat = {}
-
-  def walk(tree, prefix=""):
-    for k, v in tree.items():
-      walk(v, f"{prefix}{k}/") if isinstance(v, dict) else flat.__setitem__(prefix + k, np.asarray(v))
-  walk(state["params"])
-  return int(state["step"]), flat
-
-
 def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, tmp_path):
   fs = _fs()
   local_corpus = tmp_path / "corpus"  # same directory name: the source is named "corpus" both ways
@@ -196,12 +174,12 @@ def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, tmp_path):
   assert any(".array_record-" in f for _, _, files in os.walk(tmp_path / "cache_b") for f in files)
 
   assert _finish(ref) == 0, _text(ref)[-3000:]
-  got_step, got = _final_params(str(run / "checkpoints"))
-  ref_step, want = _final_params(str(tmp_path / "ref" / "checkpoints"))
+  got_step, got = final_params(run / "checkpoints", STEPS)
+  ref_step, want = final_params(tmp_path / "ref" / "checkpoints", STEPS)
   assert got_step == ref_step == STEPS
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  hist = _history(run)
+  hist = metrics_history(run)
   assert [r["step"] for r in hist] == [3, 6]
-  assert hist == _history(tmp_path / "ref")
+  assert hist == metrics_history(tmp_path / "ref")

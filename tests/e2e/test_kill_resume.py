@@ -8,7 +8,6 @@ reference run goes in parallel with the interrupted ones.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from helpers import final_params, metrics_history
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.training.faults import EXIT_PREEMPTED
 
@@ -90,30 +90,6 @@ def _steps(ckpt_dir):
   return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
 
 
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop("tokens_per_sec")  # wall-clock dependent
-  return recs
-
-
-def _final_params(workdir):
-  import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "data"))
-  state = mngr.restore(STEPS, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  mngr.close()
-  return int(state["step"]), {k: np.asarray(v) for k, v in _flat(state["params"])}
-
-
-def _flat(tree, prefix=""):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _flat(v, f"{prefix}{k}/")
-    else:
-      yield f"{prefix}{k}", v
-
-
 def test_sigkill_sigterm_and_restart_equal_an_uninterrupted_run(tmp_path):
   from medmoe_jax.data import sources
   data = str(tmp_path / "data")
@@ -158,12 +134,12 @@ def test_sigkill_sigterm_and_restart_equal_an_uninterrupted_run(tmp_path):
   assert f"resuming from checkpoint step {stopped}" in d.text()
 
   assert reference.finish() == 0, reference.text()[-3000:]
-  got_step, got = _final_params(run)
-  ref_step, want = _final_params(ref)
+  got_step, got = final_params(os.path.join(run, "checkpoints"), STEPS)
+  ref_step, want = final_params(os.path.join(ref, "checkpoints"), STEPS)
   assert got_step == ref_step == STEPS
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  hist = _history(run)
+  hist = metrics_history(run)
   assert [r["step"] for r in hist] == [3, 6, 9, 12, 14]
-  assert hist == _history(ref)
+  assert hist == metrics_history(ref)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from helpers import post_moe_run_config
+from helpers import metrics_history, post_moe_run_config
 from medmoe_jax import sharding
 from medmoe_jax.train import Trainer, cpu_allocator_hint
 
@@ -22,14 +22,6 @@ def _trainer(c, workdir):
   return Trainer(c, str(workdir), mesh=sharding.make_mesh(c, jax.devices()[:1])).setup()
 
 
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    recs = [json.loads(l) for l in f]
-  for r in recs:
-    r.pop("tokens_per_sec")
-  return recs
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(post_moe_run):
   root, params = post_moe_run  # the shared run: _config() on one device
@@ -38,7 +30,7 @@ def uninterrupted(post_moe_run):
 
 def test_training_lowers_loss_and_writes_outputs(uninterrupted):
   workdir, _ = uninterrupted
-  hist = _history(workdir)
+  hist = metrics_history(workdir)
   assert [r["step"] for r in hist] == [5, 10, 15, 20, 25, 30]
   # Each record's lr is the one its step's update used: the schedule at step - 1 (warm-up of 1
   # step from 0, then cosine from 3e-3 to 3e-4 over 29 steps).
@@ -69,7 +61,7 @@ def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
   t2.close()
   assert int(state.step) == 30
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), ref_params)
-  assert _history(tmp_path / "run") == _history(ref_dir)
+  assert metrics_history(tmp_path / "run") == metrics_history(ref_dir)
 
 
 def test_cpu_allocator_hint_only_where_it_applies():
@@ -102,7 +94,7 @@ def test_run_logs_and_trains_as_a_step_by_step_loop(uninterrupted, tmp_path):
     if step % c.train.log_every == 0:
       want.append(dict(step=step, lr=float(t._lr(step - 1)), **window.summary()))
   t.close()
-  got = _history(workdir)
+  got = metrics_history(workdir)
   assert [r["step"] for r in got] == [r["step"] for r in want]
   assert got == json.loads(json.dumps(want))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
