@@ -20,7 +20,8 @@ from medmoe_jax import checkpoint_integrity as integrity
 from medmoe_jax import sharding
 from medmoe_jax.checkpoint import Checkpointer, DamagedCheckpointError
 from medmoe_jax.train import Trainer
-from test_faults import _config, _history  # the same tiny run (6 steps, checkpoints every 2)
+from helpers import metrics_history
+from test_faults import _config  # the same tiny run (6 steps, checkpoints every 2)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def _assert_ends_as_uninterrupted(runs, t, work):
   got = jax.device_get(t.run(progress=False).params)
   t.close()
   jax.tree.map(np.testing.assert_array_equal, got, want)
-  assert _history(work) == _history(ref)
+  assert metrics_history(work) == metrics_history(ref)
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -153,7 +154,7 @@ def test_every_step_damaged_is_one_line_and_nothing_is_truncated(runs, tmp_path,
   work = tmp_path / "run"
   assert "\n" not in str(e.value)
   assert sorted(os.listdir(work / "checkpoints")) == ["2.damaged", "4.damaged"]
-  assert [r["step"] for r in _history(work)] == [2, 4]
+  assert [r["step"] for r in metrics_history(work)] == [2, 4]
   assert capfd.readouterr().err.count("is damaged") == 2
 
 

@@ -32,7 +32,7 @@ from medmoe_jax import config as cfg_lib
 from medmoe_jax import upcycle
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.training.faults import EXIT_PREEMPTED
-from test_faults import _history
+from helpers import metrics_history
 from test_multihost import _config, _flags, _free_port
 
 STEPS = 12
@@ -103,8 +103,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def _assert_ends_as(run, ref, c):
-  assert _history(run) == _history(ref)
-  assert [r["step"] for r in _history(run)] == list(range(1, STEPS + 1))
+  assert metrics_history(run) == metrics_history(ref)
+  assert [r["step"] for r in metrics_history(run)] == list(range(1, STEPS + 1))
   spec = cfg_lib.model_spec(c)
   got, got_step = upcycle.load_params(str(run), upcycle.abstract_params(spec))
   want, want_step = upcycle.load_params(str(ref), upcycle.abstract_params(spec))
