@@ -28,6 +28,7 @@ import json
 
 from etils import epath
 
+from medmoe_jax import urls
 from medmoe_jax.errors import InputError
 
 MANIFEST = "medmoe_manifest.json"
@@ -80,8 +81,9 @@ def _pool():
 
 
 def write_manifest(step_dir) -> None:
-  """Hash every file under `step_dir` and write the manifest (write-then-rename, so a reader
-  never sees half of it)."""
+  """Hash every file under `step_dir` and write the manifest so that a reader never sees half of
+  it: write-then-rename on a filesystem; in an object store (gs://) one upload, which is atomic
+  there, while a rename is a copy and a delete."""
   step_dir = epath.Path(step_dir)
   files = list(_files(step_dir))
   with _pool() as pool:
@@ -89,8 +91,12 @@ def write_manifest(step_dir) -> None:
   manifest = {"format": 1, "files": {
       rel: {"json": True} if rel in REWRITTEN_AT_COMMIT else {"size": size, "sha256": sha}
       for (rel, _), (size, sha) in zip(files, digests)}}
+  text = json.dumps(manifest, indent=0, sort_keys=True)
+  if urls.is_url(step_dir):
+    (step_dir / MANIFEST).write_text(text)
+    return
   tmp = step_dir / f"{MANIFEST}.tmp"
-  tmp.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+  tmp.write_text(text)
   tmp.replace(step_dir / MANIFEST)
 
 

@@ -1,15 +1,14 @@
-"""Data in a gs:// bucket, against a real local GCS emulator (the `gcp-storage-emulator`
-package, started here as its own process; no internet), reached by gcsfs through
-STORAGE_EMULATOR_HOST. A run that reads its corpus from the bucket and builds its dataset there,
-is killed (SIGKILL) and resumes on a machine with an empty local cache (another worker: it
-reads the build from the bucket instead of building it again) ends as a run that was never
-interrupted, on local disk.
+"""gs:// buckets against a real local GCS emulator (`gcp-storage-emulator`, with the object
+generations TensorStore needs added by tests/gcs_emulator.py; started here as its own process; no
+internet), reached by gcsfs through STORAGE_EMULATOR_HOST and by TensorStore (Orbax's arrays)
+through TENSORSTORE_GCS_HTTP_URL.
 
-Checkpoints in the bucket are not tested here. Orbax's arrays go through TensorStore, which can
-be pointed at the emulator (TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING): the same
-run with its workdir in the bucket passed once, then failed in 3 runs out of 3 with
-"Malformed StorageGeneration" on TensorStore's conditional writes of OCDBT manifests, which
-this emulator does not answer reliably (README, "Scaling out").
+- A run that reads its corpus from the bucket and builds its dataset there, is killed (SIGKILL)
+  and resumes on a machine with an empty local cache (another worker: it reads the build from the
+  bucket instead of building it again) ends as a run that was never interrupted, on local disk.
+- A run whose workdir is in the bucket (checkpoints, data-iterator state and built dataset there),
+  killed while a checkpoint is half written and started again, resumes from the bucket's last
+  committed step and ends as the uninterrupted run: same parameters, same metrics.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TESTS
 from helpers import final_params, metrics_history
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.data import specs
@@ -61,8 +60,7 @@ def emulator(tmp_path_factory):
   root = tmp_path_factory.mktemp("gcs")
   log = open(root / "emulator.log", "wb")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-       "--port", str(port), "--in-memory", "--default-bucket", BUCKET, "--quiet"],
+      [sys.executable, str(TESTS / "gcs_emulator.py"), "--port", str(port), "--bucket", BUCKET],
       stdout=log, stderr=subprocess.STDOUT)
   deadline = time.monotonic() + 60
   while True:
@@ -75,7 +73,8 @@ def emulator(tmp_path_factory):
         pytest.fail("the GCS emulator did not start")
       time.sleep(0.1)
   url = f"http://127.0.0.1:{port}"
-  env = dict(STORAGE_EMULATOR_HOST=url)
+  env = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+             GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
   yield env
@@ -131,33 +130,74 @@ def _finish(proc) -> int:
   return rc
 
 
-def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, tmp_path):
-  fs = _fs()
-  local_corpus = tmp_path / "corpus"  # same directory name: the source is named "corpus" both ways
-  local_corpus.mkdir()
+def test_emulator_keeps_object_generations_as_gcs_does(emulator):
+  """What the checkpoint test rests on: TensorStore's compare-and-swap against the emulator."""
+  import tensorstore as ts
+  store = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET, "path": "cas/"}).result()
+  absent = store.read("k").result()
+  assert absent.state == "missing"
+  first = store.write("k", b"1", if_equal=absent.stamp.generation).result().generation
+  assert first  # written only if absent (ifGenerationMatch=0), with a real generation
+  assert not store.write("k", b"x", if_equal=absent.stamp.generation).result().generation
+  second = store.write("k", b"2", if_equal=first).result().generation
+  assert second and second != first
+  assert not store.write("k", b"3", if_equal=first).result().generation  # stale: refused
+  read = store.read("k").result()
+  assert (read.value, read.stamp.generation) == (b"2", second)  # x-goog-generation on the read
+  assert store.read("k", if_not_equal=second).result().state == "unspecified"  # 304
+  assert store.read("k", if_not_equal=first).result().value == b"2"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """(local corpus directory, finished uninterrupted run): everything on local disk."""
+  root = tmp_path_factory.mktemp("reference")
+  corpus = root / "corpus"  # the source is named after its directory: "corpus" in the bucket too
+  corpus.mkdir()
   for lang in LANGS:
-    src = specs.SAMPLE_TEXT_DIR / f"{lang}.jsonl"
-    shutil.copy(src, local_corpus / src.name)
+    shutil.copy(specs.SAMPLE_TEXT_DIR / f"{lang}.jsonl", corpus)
+  run = _train(root / "run", f"{corpus}/*.jsonl", log=root / "run.log", cache=root / "cache")
+  assert _finish(run) == 0, _text(run)[-3000:]
+  return corpus, root / "run"
+
+
+def _kill_while_saving(proc, step: int):
+  """SIGKILL `proc` once checkpoint `step` is written but not committed (PAUSE_ENV holds it)."""
+  deadline = time.monotonic() + HANG_GUARD_S
+  while f"checkpoint step {step} is fully written" not in _text(proc):
+    assert proc.poll() is None, _text(proc)[-3000:]
+    assert time.monotonic() < deadline, _text(proc)[-3000:]
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  assert _finish(proc) == -signal.SIGKILL
+
+
+def _assert_same_run(checkpoints, logdir, reference_run):
+  got_step, got = final_params(checkpoints, STEPS)
+  ref_step, want = final_params(reference_run / "checkpoints", STEPS)
+  assert got_step == ref_step == STEPS
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  hist = metrics_history(logdir)
+  assert [r["step"] for r in hist] == [3, 6]
+  assert hist == metrics_history(reference_run)
+
+
+def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, reference, tmp_path):
+  local_corpus, reference_run = reference
+  fs = _fs()
+  for src in sorted(local_corpus.iterdir()):
     fs.put_file(str(src), f"{BUCKET}/corpus/{src.name}")
   data = f"gs://{BUCKET}/data"
   run = tmp_path / "run"
   from_bucket = (f"gs://{BUCKET}/corpus/*.jsonl", f"--config.data.data_dir={data}")
 
-  # The uninterrupted reference: everything on local disk.
-  ref = _train(tmp_path / "ref", f"{local_corpus}/*.jsonl", log=tmp_path / "ref.log",
-               cache=tmp_path / "cache_ref")
-
   # 1. Corpus read from the bucket, dataset built and uploaded there; killed while the save of
   #    step 4 is held open (step 2 committed, 4 written but not committed).
   a = _train(run, *from_bucket, log=tmp_path / "a.log", cache=tmp_path / "cache_a",
              **{PAUSE_ENV: "4:600"})
-  deadline = time.monotonic() + HANG_GUARD_S
-  while "checkpoint step 4 is fully written" not in _text(a):
-    assert a.poll() is None, _text(a)[-3000:]
-    assert time.monotonic() < deadline, _text(a)[-3000:]
-    time.sleep(0.1)
-  a.send_signal(signal.SIGKILL)
-  assert _finish(a) == -signal.SIGKILL
+  _kill_while_saving(a, 4)
   text_a = _text(a)
   assert "building source 'corpus'" in text_a
   assert f"uploading source 'corpus' to {data}/corpus" in text_a
@@ -173,13 +213,28 @@ def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, tmp_path):
   assert "building source" not in text_b and "uploading source" not in text_b
   assert any(".array_record-" in f for _, _, files in os.walk(tmp_path / "cache_b") for f in files)
 
-  assert _finish(ref) == 0, _text(ref)[-3000:]
-  got_step, got = final_params(run / "checkpoints", STEPS)
-  ref_step, want = final_params(tmp_path / "ref" / "checkpoints", STEPS)
-  assert got_step == ref_step == STEPS
-  assert got.keys() == want.keys()
-  for k in want:
-    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  hist = metrics_history(run)
-  assert [r["step"] for r in hist] == [3, 6]
-  assert hist == metrics_history(tmp_path / "ref")
+  _assert_same_run(run / "checkpoints", run, reference_run)
+
+
+def test_checkpoints_in_a_bucket_resume_as_one_run(emulator, reference, tmp_path):
+  local_corpus, reference_run = reference
+  fs = _fs()
+  workdir = f"gs://{BUCKET}/ckpt_run"
+  logdir = tmp_path / "logs"  # process 0's disk; the same directory for both attempts
+  cmd = (workdir, f"{local_corpus}/*.jsonl", f"--logdir={logdir}")
+
+  # 1. Killed while the save of step 4 is held open: step 2 is committed in the bucket, step 4's
+  #    arrays and data-iterator state are written there but not committed.
+  a = _train(*cmd, log=tmp_path / "a.log", cache=tmp_path / "cache_a", **{PAUSE_ENV: "4:600"})
+  _kill_while_saving(a, 4)
+  saved = fs.find(f"{BUCKET}/ckpt_run/checkpoints")
+  assert any("/2/state/" in p for p in saved) and any("/4" in p for p in saved), saved[:20]
+  assert any("/2/data/" in p for p in saved), saved[:20]
+  assert fs.find(f"{BUCKET}/ckpt_run/data/corpus")  # the built dataset went to <workdir>/data
+
+  # 2. The same command again (a preempted job restarting): it resumes from the bucket's step 2,
+  #    not the uncommitted 4, and ends as the uninterrupted run.
+  b = _train(*cmd, log=tmp_path / "b.log", cache=tmp_path / "cache_b")
+  assert _finish(b) == 0, _text(b)[-3000:]
+  assert "resuming from checkpoint step 2" in _text(b), _text(b)[-3000:]
+  _assert_same_run(f"{workdir}/checkpoints", logdir, reference_run)
