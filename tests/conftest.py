@@ -17,6 +17,9 @@ if "xla_force_host_platform_device_count" not in flags:
 if "xla_backend_optimization_level" not in flags:
   flags += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = flags.strip()
+# Read when gcsfs is imported: without it gcsfs asks the (absent) Storage Control API about each
+# bucket's layout, and waits a minute for the answer. Tests reach only the local emulator.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import pathlib  # noqa: E402
 
@@ -63,6 +66,27 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if e2e in pathlib.Path(str(item.path)).parents:
       item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket(tmp_path_factory):
+  """The name of a bucket in a local GCS emulator (tests/gcs_emulator.py) that gcsfs, etils and
+  TensorStore in this process, and the processes it starts, reach while the module runs."""
+  pytest.importorskip("gcsfs")
+  pytest.importorskip("gcp_storage_emulator")
+  import gcs_emulator
+  bucket = "medmoe"
+  with gcs_emulator.serve(bucket, tmp_path_factory.mktemp("gcs") / "emulator.log") as env:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+      yield bucket
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,18 @@ guards cannot interleave with another request. Its listen backlog is raised from
 opens dozens of connections at once, and those the kernel drops wait for a SYN retransmit
 (1 s, 3 s, 7 s, ...).
 
-Run as a script: `python tests/gcs_emulator.py --port PORT --bucket NAME`.
+`serve(bucket, log)` runs it as its own process for a test (conftest's `gcs_bucket` fixture);
+as a script: `python tests/gcs_emulator.py --port PORT --bucket NAME`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import logging
+import socket
+import subprocess
+import sys
 import time
 from http import HTTPStatus
 
@@ -105,6 +110,38 @@ def install() -> None:
   for _, methods in server.HANDLERS:
     for method, handler in methods.items():
       methods[method] = wrapped.get(handler, handler)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(bucket: str, log_path):
+  """Run the emulator with `bucket` in a child process; yields the environment that points gcsfs
+  (STORAGE_EMULATOR_HOST) and TensorStore (TENSORSTORE_GCS_HTTP_URL) at it."""
+  port = _free_port()
+  with open(log_path, "wb") as log:
+    proc = subprocess.Popen([sys.executable, __file__, "--port", str(port), "--bucket", bucket],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + 60
+      while True:
+        try:
+          socket.create_connection(("127.0.0.1", port), timeout=1).close()
+          break
+        except OSError:
+          if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the GCS emulator did not start; see {log_path}") from None
+          time.sleep(0.1)
+      url = f"http://127.0.0.1:{port}"
+      yield dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+                 GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
+    finally:
+      proc.terminate()
+      proc.wait(30)
 
 
 def main() -> None:

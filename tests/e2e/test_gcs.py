@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, TESTS
+from conftest import REPO
 from helpers import final_params, metrics_history
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.data import specs
 
-# Read when gcsfs is imported: without it gcsfs asks the (absent) Storage Control API about each
-# bucket's layout, and waits a minute for the answer.
-os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-pytest.importorskip("gcsfs")
-pytest.importorskip("gcp_storage_emulator")
-
-BUCKET = "medmoe"
 LANGS = ("de", "en", "es", "fr")
 STEPS = 6
 ARGS = [
@@ -46,46 +38,6 @@ ARGS = [
     "--config.train.log_every=3", "--config.mesh.data=1", "--config.languages.use=" + repr(LANGS),
 ]
 HANG_GUARD_S = 900  # not a timing assertion: only keeps a broken run from hanging CI
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-  port = _free_port()
-  root = tmp_path_factory.mktemp("gcs")
-  log = open(root / "emulator.log", "wb")
-  proc = subprocess.Popen(
-      [sys.executable, str(TESTS / "gcs_emulator.py"), "--port", str(port), "--bucket", BUCKET],
-      stdout=log, stderr=subprocess.STDOUT)
-  deadline = time.monotonic() + 60
-  while True:
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      break
-    except OSError:
-      if proc.poll() is not None or time.monotonic() > deadline:
-        proc.kill()
-        pytest.fail("the GCS emulator did not start")
-      time.sleep(0.1)
-  url = f"http://127.0.0.1:{port}"
-  env = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-             GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  yield env
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
-  proc.terminate()
-  proc.wait(30)
-  log.close()
 
 
 def _fs():
@@ -130,10 +82,10 @@ def _finish(proc) -> int:
   return rc
 
 
-def test_emulator_keeps_object_generations_as_gcs_does(emulator):
+def test_emulator_keeps_object_generations_as_gcs_does(gcs_bucket):
   """What the checkpoint test rests on: TensorStore's compare-and-swap against the emulator."""
   import tensorstore as ts
-  store = ts.KvStore.open({"driver": "gcs", "bucket": BUCKET, "path": "cas/"}).result()
+  store = ts.KvStore.open({"driver": "gcs", "bucket": gcs_bucket, "path": "cas/"}).result()
   absent = store.read("k").result()
   assert absent.state == "missing"
   first = store.write("k", b"1", if_equal=absent.stamp.generation).result().generation
@@ -184,14 +136,14 @@ def _assert_same_run(checkpoints, logdir, reference_run):
   assert hist == metrics_history(reference_run)
 
 
-def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, reference, tmp_path):
+def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(gcs_bucket, reference, tmp_path):
   local_corpus, reference_run = reference
   fs = _fs()
   for src in sorted(local_corpus.iterdir()):
-    fs.put_file(str(src), f"{BUCKET}/corpus/{src.name}")
-  data = f"gs://{BUCKET}/data"
+    fs.put_file(str(src), f"{gcs_bucket}/corpus/{src.name}")
+  data = f"gs://{gcs_bucket}/data"
   run = tmp_path / "run"
-  from_bucket = (f"gs://{BUCKET}/corpus/*.jsonl", f"--config.data.data_dir={data}")
+  from_bucket = (f"gs://{gcs_bucket}/corpus/*.jsonl", f"--config.data.data_dir={data}")
 
   # 1. Corpus read from the bucket, dataset built and uploaded there; killed while the save of
   #    step 4 is held open (step 2 committed, 4 written but not committed).
@@ -201,7 +153,7 @@ def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, reference, t
   text_a = _text(a)
   assert "building source 'corpus'" in text_a
   assert f"uploading source 'corpus' to {data}/corpus" in text_a
-  built = fs.find(f"{BUCKET}/data/corpus")
+  built = fs.find(f"{gcs_bucket}/data/corpus")
   assert any(".array_record-" in p for p in built) and any(p.endswith("/metadata.json") for p in built)
 
   # 2. Restart the same command on a machine with an empty cache (another worker): it reads the
@@ -216,10 +168,10 @@ def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(emulator, reference, t
   _assert_same_run(run / "checkpoints", run, reference_run)
 
 
-def test_checkpoints_in_a_bucket_resume_as_one_run(emulator, reference, tmp_path):
+def test_checkpoints_in_a_bucket_resume_as_one_run(gcs_bucket, reference, tmp_path):
   local_corpus, reference_run = reference
   fs = _fs()
-  workdir = f"gs://{BUCKET}/ckpt_run"
+  workdir = f"gs://{gcs_bucket}/ckpt_run"
   logdir = tmp_path / "logs"  # process 0's disk; the same directory for both attempts
   cmd = (workdir, f"{local_corpus}/*.jsonl", f"--logdir={logdir}")
 
@@ -227,10 +179,10 @@ def test_checkpoints_in_a_bucket_resume_as_one_run(emulator, reference, tmp_path
   #    arrays and data-iterator state are written there but not committed.
   a = _train(*cmd, log=tmp_path / "a.log", cache=tmp_path / "cache_a", **{PAUSE_ENV: "4:600"})
   _kill_while_saving(a, 4)
-  saved = fs.find(f"{BUCKET}/ckpt_run/checkpoints")
+  saved = fs.find(f"{gcs_bucket}/ckpt_run/checkpoints")
   assert any("/2/state/" in p for p in saved) and any("/4" in p for p in saved), saved[:20]
   assert any("/2/data/" in p for p in saved), saved[:20]
-  assert fs.find(f"{BUCKET}/ckpt_run/data/corpus")  # the built dataset went to <workdir>/data
+  assert fs.find(f"{gcs_bucket}/ckpt_run/data/corpus")  # the built dataset went to <workdir>/data
 
   # 2. The same command again (a preempted job restarting): it resumes from the bucket's step 2,
   #    not the uncommitted 4, and ends as the uninterrupted run.

@@ -1,5 +1,7 @@
 """Two real JAX processes (jax.distributed, local coordinator, 4 fake CPU devices each) train
-exactly like one process with 8 devices on a different mesh.
+exactly like one process with 8 devices on a different mesh, with their workdir on local disk
+and in a gs:// bucket (a local GCS emulator: both processes write their parts of each checkpoint
+there, and the checkpoint restores from there).
 
 The 2-process run is the real CLI, with parameters sharded over fsdp=8 across both processes.
 The reference (this pytest process, 8 fake devices) runs another layout, data=2 x expert=2 x
@@ -15,6 +17,7 @@ import subprocess
 import sys
 
 import jax
+from etils import epath
 import numpy as np
 import pytest
 
@@ -93,18 +96,25 @@ def _losses(workdir):
     return [json.loads(l)["loss"] for l in f]
 
 
-def test_two_processes_equal_one(reference):
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_two_processes_equal_one(reference, where, request):
   root, c, ref_losses, ref_state = reference
+  bucket = request.getfixturevalue("gcs_bucket") if where == "bucket" else None  # sets os.environ
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  workdir = root / "two"
+  if where == "local":
+    workdir = logdir = str(root / "two")
+    checkpoints, where_flags = os.path.join(workdir, "checkpoints"), []
+  else:  # gs://: checkpoints in the bucket, process 0's logs on its disk
+    workdir, logdir = f"gs://{bucket}/two", str(root / "two_logs")
+    checkpoints, where_flags = f"{workdir}/checkpoints", [f"--logdir={logdir}"]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "medmoe_jax.train", "--config=configs/post_moe.py",
        f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-       f"--process_id={i}", *_flags(_config(root / "data"))],
+       f"--process_id={i}", *where_flags, *_flags(_config(root / "data"))],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   outs = []
@@ -122,16 +132,16 @@ def test_two_processes_equal_one(reference):
   # Only process 0 reports; metrics.jsonl (process 0's) has the single-process losses.
   assert "2 process(es)" in outs[0] and "done:" in outs[0]
   assert "done:" not in outs[1] and "segments" not in outs[1]
-  np.testing.assert_allclose(_losses(workdir), ref_losses, rtol=1e-5)
+  np.testing.assert_allclose(_losses(logdir), ref_losses, rtol=1e-5)
   assert len(ref_losses) == STEPS
 
   # Both processes wrote their parts of the checkpoint, each its own data position; it restores
   # here (one process, the 2-process run's fsdp mesh) to the reference run's parameters and
   # Adam moments (which carry the gradients: a 1% gradient error moves them 1%).
-  data_dir = workdir / "checkpoints" / str(STEPS) / "data"
+  data_dir = epath.Path(checkpoints) / str(STEPS) / "data"
   assert sorted(p.name for p in data_dir.glob("process_*.json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]
-  t = Trainer(_config(root / "data"), str(workdir)).setup()
+  t = Trainer(_config(root / "data"), logdir, checkpoint_dir=checkpoints).setup()
   state, data_state, step = t.checkpointer.restore(t.abstract_state)
   t.close()
   assert step == STEPS
