@@ -122,10 +122,42 @@ def download_dir(url: str, local: str) -> None:
     fs.get_file(p, dest)
 
 
-def cache_dir(url: str) -> str:
+def cache_dir(url: str, kind: str = "data") -> str:
   """The local directory that mirrors `url` (ArrayRecord's reader reads local files only):
-  $MEDMOE_JAX_CACHE or ~/.cache/medmoe_jax, then a directory named after the URL."""
+  $MEDMOE_JAX_CACHE or ~/.cache/medmoe_jax, then `kind`, then a directory named after the URL."""
   root = os.environ.get("MEDMOE_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
                                                              "medmoe_jax")
   tag = hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
-  return os.path.join(root, "data", tag)
+  return os.path.join(root, kind, tag)
+
+
+def local_path(path: str, kind: str, names: tuple[str, ...]) -> str:
+  """`path` itself (with `~` expanded) when it is local, else `local_copy(path, kind, names)`."""
+  if not is_url(path):
+    return os.path.expanduser(path)
+  return local_copy(path, kind, names)
+
+
+def local_copy(url: str, kind: str, names: tuple[str, ...]) -> str:
+  """A local path for small files at a URL, copied afresh into cache_dir(url, kind): the file
+  itself when `url` is one (returns its local path), else those of `names` that exist in the
+  directory `url` (returns the local directory; nothing else there is read, e.g. a model
+  directory's weights). Each file is written whole and renamed into place, so processes sharing
+  a machine may copy at once. FileNotFoundError when nothing is there."""
+  fs, p = _fs(url)
+  local = cache_dir(url, kind)
+  os.makedirs(local, exist_ok=True)
+  if fs.isfile(p):
+    wanted, result = [(p, os.path.basename(p.rstrip("/")))], None
+  else:
+    wanted = [(f"{p.rstrip('/')}/{n}", n) for n in names if fs.isfile(f"{p.rstrip('/')}/{n}")]
+    result = local
+    if not wanted:
+      raise FileNotFoundError(f"{url}: no such file, and no directory holding any of "
+                              f"{', '.join(names)}")
+  for remote, name in wanted:
+    dest = os.path.join(local, name)
+    tmp = f"{dest}.tmp.{os.getpid()}"
+    fs.get_file(remote, tmp)
+    os.replace(tmp, dest)
+  return result or os.path.join(local, wanted[0][1])

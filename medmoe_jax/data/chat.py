@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
+
+from medmoe_jax import urls
 
 TEMPLATES = ("apollo", "plain", "hf")
 APOLLO_ROLES = ("User:", "Assistant:")
@@ -81,7 +82,11 @@ def render_apollo(turns) -> Rendered:
 def hf_chat_template(tokenizer_spec: str) -> tuple[str, dict]:
   """(Jinja chat_template, {bos_token, eos_token}) of the HF model directory (or tokenizer.json's
   directory) named by config.data.tokenizer; ValueError when there is none."""
-  path = pathlib.Path(os.path.expanduser(tokenizer_spec or ""))
+  try:  # a URL (gs://...): its tokenizer_config.json copied to the local cache
+    path = pathlib.Path(urls.local_path(tokenizer_spec or "", "tokenizers",
+                                        ("tokenizer_config.json",)))
+  except FileNotFoundError:
+    path = pathlib.Path(tokenizer_spec)  # named below as the file without a chat_template
   d = path if path.is_dir() else path.parent
   cfg = d / "tokenizer_config.json"
   template, special = None, {}

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
+from medmoe_jax import urls
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SAMPLE_VOCAB_SIZE = 4096
 
@@ -222,6 +224,20 @@ def _hf_special_tokens(model_dir: pathlib.Path) -> dict[str, str | None]:
   return out
 
 
+# What a tokenizer in an HF model directory consists of (the rest, e.g. weights, is not read).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def local_path(spec: str) -> str:
+  """config.data.tokenizer as a local path: a URL (gs://..., a file or an HF model directory in
+  a bucket) is copied to the local cache first, a directory's TOKENIZER_FILES only."""
+  try:
+    return urls.local_path(spec, "tokenizers", TOKENIZER_FILES)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"tokenizer not found: {e}") from None
+
+
 def load_tokenizer(spec: str) -> Tokenizer | HFTokenizer:
   """A tokenizer from a spec (config.data.tokenizer):
 
@@ -230,11 +246,12 @@ def load_tokenizer(spec: str) -> Tokenizer | HFTokenizer:
   path/to/tokenizer.json    a Hugging Face tokenizer (special tokens guessed from their names)
   path/to/hf_model_dir/     its tokenizer.json (special tokens from tokenizer_config.json) or,
                             failing that, its tokenizer.model
+  Each may be a URL (gs://...): see `local_path`.
   """
   if not spec:
     raise ValueError("config.data.tokenizer is empty: set 'sample', a sentencepiece .model file, "
                      "a tokenizer.json, or a Hugging Face model directory")
-  path = SAMPLE_MODEL_PATH if spec == "sample" else pathlib.Path(os.path.expanduser(spec))
+  path = SAMPLE_MODEL_PATH if spec == "sample" else pathlib.Path(local_path(spec))
   if path.is_dir():
     if (path / "tokenizer.json").is_file():
       return HFTokenizer((path / "tokenizer.json").read_text(encoding="utf-8"),

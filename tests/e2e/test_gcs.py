@@ -3,9 +3,10 @@ generations TensorStore needs added by tests/gcs_emulator.py; started here as it
 internet), reached by gcsfs through STORAGE_EMULATOR_HOST and by TensorStore (Orbax's arrays)
 through TENSORSTORE_GCS_HTTP_URL.
 
-- A run that reads its corpus from the bucket and builds its dataset there, is killed (SIGKILL)
-  and resumes on a machine with an empty local cache (another worker: it reads the build from the
-  bucket instead of building it again) ends as a run that was never interrupted, on local disk.
+- A run that reads its corpus and tokenizer from the bucket and builds its dataset there, is
+  killed (SIGKILL) and resumes on a machine with an empty local cache (another worker: it reads
+  the build from the bucket instead of building it again) ends as a run that was never
+  interrupted, on local disk.
 - A run whose workdir is in the bucket (checkpoints, data-iterator state and built dataset there),
   killed while a checkpoint is half written and started again, resumes from the bucket's last
   committed step and ends as the uninterrupted run: same parameters, same metrics.
@@ -26,7 +27,7 @@ import pytest
 from conftest import REPO
 from helpers import final_params, metrics_history
 from medmoe_jax.checkpoint import PAUSE_ENV
-from medmoe_jax.data import specs
+from medmoe_jax.data import specs, tokenizer
 
 LANGS = ("de", "en", "es", "fr")
 STEPS = 6
@@ -141,9 +142,11 @@ def test_corpus_and_dataset_in_a_bucket_resume_as_one_run(gcs_bucket, reference,
   fs = _fs()
   for src in sorted(local_corpus.iterdir()):
     fs.put_file(str(src), f"{gcs_bucket}/corpus/{src.name}")
+  fs.put_file(str(tokenizer.SAMPLE_MODEL_PATH), f"{gcs_bucket}/tokenizer/tokenizer.model")
   data = f"gs://{gcs_bucket}/data"
   run = tmp_path / "run"
-  from_bucket = (f"gs://{gcs_bucket}/corpus/*.jsonl", f"--config.data.data_dir={data}")
+  from_bucket = (f"gs://{gcs_bucket}/corpus/*.jsonl", f"--config.data.data_dir={data}",
+                 f"--config.data.tokenizer=gs://{gcs_bucket}/tokenizer")
 
   # 1. Corpus read from the bucket, dataset built and uploaded there; killed while the save of
   #    step 4 is held open (step 2 committed, 4 written but not committed).

@@ -80,3 +80,40 @@ def test_a_bucket_data_dir_is_built_once_and_read_from_a_local_copy(bucket, tmp_
   assert meta["stats"] == third.stats
   local = sorted(str(p.relative_to(third.directory)) for p in third.directory.rglob("*") if p.is_file())
   assert sorted(p[len(version) + 1:] for p in bucket.find(version)) == local
+
+
+def _wordlevel_tokenizer_json() -> str:
+  from tokenizers import Tokenizer as HF, models, pre_tokenizers
+  vocab = {"<|endoftext|>": 0, "<|im_end|>": 1, "[UNK]": 2, "fever": 3, "cough": 4}
+  hf = HF(models.WordLevel(vocab, unk_token="[UNK]"))
+  hf.pre_tokenizer = pre_tokenizers.Whitespace()
+  return hf.to_str()
+
+
+def test_a_tokenizer_at_a_url_loads_as_the_local_one(bucket, tmp_path, monkeypatch):
+  from ml_collections import ConfigDict
+
+  from medmoe_jax.data import chat, tokenizer
+  monkeypatch.setenv("MEDMOE_JAX_CACHE", str(tmp_path / "cache"))
+  # A sentencepiece model file.
+  bucket.put_file(str(tokenizer.SAMPLE_MODEL_PATH), "/bkt/sp/tokenizer.model")
+  remote = tokenizer.load_tokenizer("memory://bkt/sp/tokenizer.model")
+  local = tokenizer.load_tokenizer("sample")
+  text = "Fieber und Husten seit drei Tagen. 发烧"
+  assert remote.encode(text) == local.encode(text) and remote.vocab_size == local.vocab_size
+  # An HF model directory: its tokenizer files are read, its weights are not copied.
+  config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+            "chat_template": "{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}"}
+  bucket.pipe_file("/bkt/model/tokenizer.json", _wordlevel_tokenizer_json().encode())
+  bucket.pipe_file("/bkt/model/tokenizer_config.json", json.dumps(config).encode())
+  bucket.pipe_file("/bkt/model/model.safetensors", b"\0" * 1000)
+  tok = tokenizer.load_tokenizer("memory://bkt/model")
+  assert tok.encode("fever cough") == [3, 4]
+  assert (tok.id_to_piece(tok.eos_id), tok.id_to_piece(tok.pad_id)) == ("<|im_end|>", "<|endoftext|>")
+  copied = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+  assert copied == {"tokenizer.model", "tokenizer.json", "tokenizer_config.json"}
+  # config.data.chat_template='hf' reads the template from the same directory.
+  c = ConfigDict({"data": {"chat_template": "hf", "tokenizer": "memory://bkt/model"}})
+  assert formats.to_record(["Q", "A"], template=chat.from_config(c)).text == "Q<|im_end|>A<|im_end|>"
+  with pytest.raises(FileNotFoundError, match="tokenizer not found: memory://bkt/nothing"):
+    tokenizer.load_tokenizer("memory://bkt/nothing")
