@@ -128,21 +128,26 @@ def hf(batch: int, seq: int, steps: int, experts_impl: str) -> dict:
       tie_word_embeddings=spec.tie_embeddings, max_position_embeddings=seq,
       attn_implementation="sdpa", output_router_logits=False)
   cfg._experts_implementation = experts_impl
+  device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: the --size tiny smoke test
   torch.manual_seed(0)
-  model = transformers.Qwen2MoeForCausalLM(cfg).cuda().train()
+  model = transformers.Qwen2MoeForCausalLM(cfg).to(device).train()
   # Recompute like our remat: HF's gradient checkpointing per decoder layer.
   model.gradient_checkpointing_enable()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-  tokens = torch.randint(4, spec.vocab_size, (batch, seq), device="cuda")
+  tokens = torch.randint(4, spec.vocab_size, (batch, seq), device=device)
+
+  out_loss = [None]
 
   def run():
     opt.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
       out = model(input_ids=tokens, labels=tokens)
     out.loss.backward()
+    out_loss[0] = out.loss.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    torch.cuda.synchronize()
+    if device == "cuda":
+      torch.cuda.synchronize()
 
   run()
   run()
@@ -150,14 +155,16 @@ def hf(batch: int, seq: int, steps: int, experts_impl: str) -> dict:
   med = statistics.median(times)
   n = batch * seq
   flops = model_flops_per_token(spec, seq) * n
-  peak = peak_flops(torch.cuda.get_device_name())
+  peak = peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None
   out = dict(experts_implementation=experts_impl, step_s_median=med, step_s_min=min(times),
              step_s_max=max(times), tokens_per_s=n / med, model_tflops_per_s=flops / med / 1e12,
              mfu=(flops / med / peak) if peak else None,
-             max_memory_gib=torch.cuda.max_memory_allocated() / 2**30)
+             max_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+             loss=float(out_loss[0]))
   del model, opt
   gc.collect()
-  torch.cuda.empty_cache()
+  if device == "cuda":
+    torch.cuda.empty_cache()
   return out
 
 
