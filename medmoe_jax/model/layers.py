@@ -73,7 +73,7 @@ class RMSNorm(nnx.Module):
     # Normalise in float32 whatever the compute dtype (bf16 variance underflows).
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale.value.astype(jnp.float32)).astype(x.dtype)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -221,7 +221,7 @@ class Attention(nnx.Module):
     """x: [B, S, D] -> q [B, S, H, Dh], k, v [B, S, KV, Dh] (rope applied to q and k)."""
     dt, (b, s, _) = x.dtype, x.shape
     rows = as_rows(x)
-    heads = lambda proj: proj(rows).astype(dt).reshape(b, s, *proj.kernel.value.shape[1:])
+    heads = lambda proj: proj(rows).astype(dt).reshape(b, s, *proj.kernel[...].shape[1:])
     q, k = heads(self.q_proj), heads(self.k_proj)
     if self.spec.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)

@@ -245,7 +245,7 @@ class MoEFeedForward(nnx.Module):
     m = self.spec.moe
     b, s, d = x.shape
     xr = routing.jitter_logits_input(x, rng, m.jitter) if train else x
-    logits = jnp.einsum("bsd,de->bse", xr.astype(jnp.float32), self.router.value.astype(jnp.float32))
+    logits = jnp.einsum("bsd,de->bse", xr.astype(jnp.float32), self.router[...].astype(jnp.float32))
     flat_logits = logits.reshape(b * s, m.num_experts)
     flat_lang = lang_ids.reshape(-1)
     flat_valid = valid.reshape(-1)
@@ -258,7 +258,7 @@ class MoEFeedForward(nnx.Module):
     k = r.indices.shape[-1]
     indices = r.indices.reshape(b, s, k)
     weights = r.weights.reshape(b, s, k)
-    experts = (self.wi_gate.value, self.wi_up.value, self.wo.value)
+    experts = (self.wi_gate[...], self.wi_up[...], self.wo[...])
     dispatch_fn, check_vma = make_dispatch(m, s, k, train)
     y, dropped = expert_parallel.dispatch(dispatch_fn, x, indices, weights, valid, experts,
                                           check_vma=check_vma)
@@ -288,7 +288,7 @@ class MoEFeedForward(nnx.Module):
     Routing with indices/weights [B*S, k] and probs [B*S, E]. For routing analysis; training
     never calls it."""
     m = self.spec.moe
-    logits = jnp.einsum("bsd,de->bse", x.astype(jnp.float32), self.router.value.astype(jnp.float32))
+    logits = jnp.einsum("bsd,de->bse", x.astype(jnp.float32), self.router[...].astype(jnp.float32))
     flat_lang = lang_ids.reshape(-1)
     forced = None
     if m.lang_to_expert:

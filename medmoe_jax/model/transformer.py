@@ -88,7 +88,7 @@ class FusionGate(nnx.Module):
     """base, moe: [B, S, D] hidden states before / after the appended blocks -> [B, S, D]."""
     b32 = base.astype(jnp.float32)
     z = b32 * jax.lax.rsqrt(jnp.mean(b32 * b32, axis=-1, keepdims=True) + self.eps)
-    g = jnp.tanh(z @ self.kernel.value + self.bias.value)[..., None]  # [B, S, 1]
+    g = jnp.tanh(z @ self.kernel[...] + self.bias[...])[..., None]  # [B, S, 1]
     return (b32 + g * (moe.astype(jnp.float32) - b32)).astype(base.dtype)
 
 
@@ -183,9 +183,9 @@ class Transformer(nnx.Module):
     the full [B, S, V] logits are never held (model/chunked_head.py)."""
     dt = dtype_of(self.spec.dtype)
     if self.spec.tie_embeddings:
-      w, transposed = self.embed.embedding.value.astype(dt), True   # [V, D]
+      w, transposed = self.embed.embedding[...].astype(dt), True   # [V, D]
     else:
-      w, transposed = self.lm_head.kernel.value.astype(dt), False   # [D, V]
+      w, transposed = self.lm_head.kernel[...].astype(dt), False   # [D, V]
     return chunked_head.token_nll(h.astype(dt), w, targets, self.spec.loss_chunk, transposed)
 
   def __call__(self, tokens, segment_ids, positions, lang_ids, *, train=False, rng=None):

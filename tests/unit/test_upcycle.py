@@ -107,7 +107,7 @@ def test_unnormalised_layer_is_weight_sum_times_dense_ffn():
     moe = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: MoEFeedForward(spec, rngs=nnx.Rngs(0)))),
                     {k: v[0] for k, v in experts.items()})
     y, _ = moe(x, -jnp.ones(x.shape[:2], jnp.int32), jnp.ones(x.shape[:2], bool), train=False)
-    probs = jax.nn.softmax(jnp.einsum("bsd,de->bse", x, moe.router.value), axis=-1)
+    probs = jax.nn.softmax(jnp.einsum("bsd,de->bse", x, moe.router[...]), axis=-1)
     top = jax.lax.top_k(probs, spec.moe.top_k)[0].sum(-1, keepdims=True)  # p1 + p2, [B, S, 1]
     return y, top, mlp(x)
 
