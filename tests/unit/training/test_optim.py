@@ -41,6 +41,11 @@ def _paths(tree):
   return {optim.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _first_update_state(tx, grads, params):
+  """The optimizer state after one update of `grads` from tx.init(params), in one program."""
+  return jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[1])(grads, params)
+
+
 def test_lr_schedule_values():
   lr = optim.lr_schedule(_train_cfg(steps=100, warmup_frac=0.1, lr=1e-3, min_lr_ratio=0.1))
   # Linear warm-up from 0 over 10 steps, then cosine from 1e-3 to 1e-4 over the other 90.
@@ -61,12 +66,17 @@ def test_weight_decay_shrinks_matrices_not_norms_or_biases():
   expert FFNs, routers), p unchanged for norm scales and biases."""
   params = _params()
   tx, _ = optim.make_optimizer(_train_cfg(), params, [], verbose=False)
-  state = tx.init(params)
   zeros = jax.tree.map(jnp.zeros_like, params)
-  p = params
-  for _ in range(2):
-    updates, state = tx.update(zeros, state, p)
-    p = optax.apply_updates(p, updates)
+
+  @jax.jit  # one program, not every op of every update compiled eagerly
+  def two_updates(p):
+    state = tx.init(p)
+    for _ in range(2):
+      updates, state = tx.update(zeros, state, p)
+      p = optax.apply_updates(p, updates)
+    return p
+
+  p = two_updates(params)
   before, after = _paths(params), _paths(p)
   kept = sorted(k for k in before if np.array_equal(np.asarray(after[k]), np.asarray(before[k])))
   decayed = sorted(k for k in before if k not in kept)
@@ -87,7 +97,7 @@ def test_clipping_scales_gradients_to_the_global_norm(clip):
   norm = float(optax.tree.norm(grads))
   assert norm > 10
   tx, _ = optim.make_optimizer(_train_cfg(grad_clip=clip), params, [], verbose=False)
-  _, state = tx.update(grads, tx.init(params), params)
+  state = _first_update_state(tx, grads, params)
   scale = clip / norm if clip else 1.0
   for k, mu in _paths(_adam(state).mu).items():
     np.testing.assert_allclose(mu, 0.1 * 0.5 * scale, rtol=1e-5, err_msg=k)
@@ -105,7 +115,7 @@ def test_clipping_sees_only_trainable_gradients():
       lambda path, g: g.at[:, 0].set(1e4) if optim.path_str(path) == expert_key else g, grads)
   tx, labels = optim.make_optimizer(_train_cfg(freeze="embed", freeze_experts="0"), params, [
       "embed"], verbose=False)
-  _, state = tx.update(grads_big, tx.init(params), params)
+  state = _first_update_state(tx, grads_big, params)
   trainable = [(k, g) for (k, g), lab in zip(flat.items(), jax.tree.leaves(labels))
                if lab == optim.TRAINABLE]
   experts = [k for k, _ in trainable if k.endswith(("ffn/wi_gate", "ffn/wi_up", "ffn/wo"))]
