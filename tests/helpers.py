@@ -77,6 +77,24 @@ def post_moe_run_config(steps=30):
   return c
 
 
+def small_post_moe_for_flops():
+  """post_moe at 3 layers (the last 2 MoE: 7 experts, top-2), batch 2 x 16: the dry-run FLOP
+  counts below by hand."""
+  from conftest import load_config
+  c = load_config("post_moe")
+  c.model.update(dict(vocab_size=512, d_model=64, num_layers=3, num_heads=4, num_kv_heads=2, d_ff=96))
+  c.data.update(dict(seq_len=16, batch_size=2))
+  return c
+
+
+# small_post_moe_for_flops's train step, per MoE layer (2 of them, 7 experts, top-2) and
+# token-slot: 3 SwiGLU matmuls, forward and both gradients; dropless adds the routing-weight
+# gradient's [slots, D] dot.
+TOKENS, D, F, E, K, MOE_LAYERS = 2 * 16, 64, 96, 7, 2, 2
+PER_EXPERT_TOKEN = 3 * 3 * 2 * D * F
+COMBINE_WEIGHT_GRAD = 2 * TOKENS * K * D
+
+
 def metrics_history(workdir):
   """A run's metrics.jsonl records, without the wall-clock dependent throughput."""
   import json

@@ -1,5 +1,6 @@
 """The dry run: compile the 7b train step for 64 devices on fake CPU devices and report memory,
-FLOPs and the MFU-bound step time; refuse invalid meshes and jobs that cannot fit, early."""
+FLOPs and the MFU-bound step time (and, on a small model, the MoE kernel the platform runs);
+refuse invalid meshes and jobs that cannot fit, early."""
 import json
 import math
 import os
@@ -13,6 +14,8 @@ import pytest
 from flax import nnx
 
 from conftest import REPO, load_config
+from helpers import (COMBINE_WEIGHT_GRAD, MOE_LAYERS, PER_EXPERT_TOKEN, TOKENS, E, K,
+                     small_post_moe_for_flops)
 from medmoe_jax import config as cfg_lib
 from medmoe_jax import dryrun, sharding
 from medmoe_jax.model import Transformer
@@ -193,6 +196,20 @@ def test_cli_reports_a_bad_mesh_in_one_line():
            "--config.mesh.expert=3")
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1].startswith("dry run failed: config.mesh:")
+
+
+def test_dry_run_reports_the_kernel_and_bounds_the_step_with_its_flops(monkeypatch):
+  c = small_post_moe_for_flops()
+  h100 = dryrun.parse_topology("h100-2", None)
+  with_kernel = dryrun.run(c, h100, check_fit=False)
+  monkeypatch.setitem(sys.modules, "tokamax", None)
+  without = dryrun.run(c, h100, check_fit=False)
+  assert (with_kernel["moe_kernel"], without["moe_kernel"]) == ("dropless/tokamax", "dense")
+  assert "install tokamax" in without["moe_kernel_note"] and with_kernel["moe_kernel_note"] is None
+  extra = MOE_LAYERS * (TOKENS * (E - K) * PER_EXPERT_TOKEN - COMBINE_WEIGHT_GRAD)
+  assert without["flops_per_step"] - with_kernel["flops_per_step"] == extra
+  for r in (with_kernel, without):
+    assert r["mfu_bound_step_s"] == pytest.approx(r["flops_per_step"] / 2 / 989e12)
 
 
 @pytest.fixture(scope="module")

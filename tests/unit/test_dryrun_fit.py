@@ -1,31 +1,17 @@
-"""The dry run on a target's devices: which MoE kernel each platform runs and the FLOPs it costs
-(the MFU bound), and, when the mesh given does not fit the devices' memory, a mesh that does."""
+"""Which MoE kernel the dry run counts on each platform and the FLOPs it costs (the MFU bound).
+The dry run's own report (a compiled step) is tests/e2e/test_dryrun.py's."""
 import sys
 
 import jax
 import pytest
 
-from conftest import load_config
+from helpers import (COMBINE_WEIGHT_GRAD, MOE_LAYERS, PER_EXPERT_TOKEN, TOKENS, E, K,
+                     small_post_moe_for_flops as _small_post_moe)
 from medmoe_jax import dryrun, sharding
-
-
-
-def _small_post_moe():
-  c = load_config("post_moe")
-  c.model.update(dict(vocab_size=512, d_model=64, num_layers=3, num_heads=4, num_kv_heads=2, d_ff=96))
-  c.data.update(dict(seq_len=16, batch_size=2))
-  return c
 
 
 def _flops(c, platform):
   return dryrun.step_flops(c, sharding.make_mesh(c, jax.devices()[:1]), platform)
-
-
-# Per MoE layer (2 of them, 7 experts, top-2) and token-slot: 3 SwiGLU matmuls, forward and both
-# gradients; dropless adds the routing-weight gradient's [slots, D] dot.
-TOKENS, D, F, E, K, MOE_LAYERS = 2 * 16, 64, 96, 7, 2, 2
-PER_EXPERT_TOKEN = 3 * 3 * 2 * D * F
-COMBINE_WEIGHT_GRAD = 2 * TOKENS * K * D
 
 
 def test_each_platform_counts_the_kernel_it_runs(monkeypatch):
@@ -57,16 +43,3 @@ def test_xla_ragged_dot_on_gpu_counts_every_group_over_every_row():
   # Each of the TOKENS * K sorted rows meets all E experts' weights instead of its own one.
   assert padded - active == MOE_LAYERS * (E - 1) * TOKENS * K * PER_EXPERT_TOKEN
 
-
-def test_dry_run_reports_the_kernel_and_bounds_the_step_with_its_flops(monkeypatch):
-  c = _small_post_moe()
-  h100 = dryrun.parse_topology("h100-2", None)
-  with_kernel = dryrun.run(c, h100, check_fit=False)
-  monkeypatch.setitem(sys.modules, "tokamax", None)
-  without = dryrun.run(c, h100, check_fit=False)
-  assert (with_kernel["moe_kernel"], without["moe_kernel"]) == ("dropless/tokamax", "dense")
-  assert "install tokamax" in without["moe_kernel_note"] and with_kernel["moe_kernel_note"] is None
-  extra = MOE_LAYERS * (TOKENS * (E - K) * PER_EXPERT_TOKEN - COMBINE_WEIGHT_GRAD)
-  assert without["flops_per_step"] - with_kernel["flops_per_step"] == extra
-  for r in (with_kernel, without):
-    assert r["mfu_bound_step_s"] == pytest.approx(r["flops_per_step"] / 2 / 989e12)
