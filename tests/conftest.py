@@ -2,8 +2,9 @@
 
 Tests live in tests/unit/ (fast, mirroring the package) and tests/e2e/ (real processes, training
 runs, CLIs: everything collected there is marked `e2e`). The fast loop is
-`python -m pytest -q -m "not e2e"`; the full suite is `python -m pytest -q`. This file, helpers.py
-and method_runs.py are importable from both (`from conftest import load_config`).
+`python -m pytest -q -m "not e2e" -n 2` (two pytest-xdist workers); the full suite is
+`python -m pytest -q`. This file, helpers.py and method_runs.py are importable from both
+(`from conftest import load_config`).
 """
 import os
 import sys
