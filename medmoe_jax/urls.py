@@ -148,16 +148,20 @@ def local_copy(url: str, kind: str, names: tuple[str, ...]) -> str:
   local = cache_dir(url, kind)
   os.makedirs(local, exist_ok=True)
   if fs.isfile(p):
-    wanted, result = [(p, os.path.basename(p.rstrip("/")))], None
-  else:
-    wanted = [(f"{p.rstrip('/')}/{n}", n) for n in names if fs.isfile(f"{p.rstrip('/')}/{n}")]
-    result = local
-    if not wanted:
-      raise FileNotFoundError(f"{url}: no such file, and no directory holding any of "
-                              f"{', '.join(names)}")
-  for remote, name in wanted:
-    dest = os.path.join(local, name)
-    tmp = f"{dest}.tmp.{os.getpid()}"
-    fs.get_file(remote, tmp)
-    os.replace(tmp, dest)
-  return result or os.path.join(local, wanted[0][1])
+    name = os.path.basename(p.rstrip("/"))
+    _get_whole(fs, p, os.path.join(local, name))
+    return os.path.join(local, name)
+  root = p.rstrip("/")
+  present = [n for n in names if fs.isfile(f"{root}/{n}")]
+  if not present:
+    raise FileNotFoundError(f"{url}: no such file, and no directory holding any of "
+                            f"{', '.join(names)}")
+  for name in present:
+    _get_whole(fs, f"{root}/{name}", os.path.join(local, name))
+  return local
+
+
+def _get_whole(fs, remote: str, dest: str) -> None:
+  tmp = f"{dest}.tmp.{os.getpid()}"
+  fs.get_file(remote, tmp)
+  os.replace(tmp, dest)  # readers see the old file or the whole new one

@@ -85,8 +85,9 @@ def hf_chat_template(tokenizer_spec: str) -> tuple[str, dict]:
   try:  # a URL (gs://...): its tokenizer_config.json copied to the local cache
     path = pathlib.Path(urls.local_path(tokenizer_spec or "", "tokenizers",
                                         ("tokenizer_config.json",)))
-  except FileNotFoundError:
-    path = pathlib.Path(tokenizer_spec)  # named below as the file without a chat_template
+  except FileNotFoundError as e:
+    raise ValueError(f"config.data.chat_template='hf': {e}; use 'apollo' or 'plain', or point "
+                     "config.data.tokenizer at an HF model directory with one") from None
   d = path if path.is_dir() else path.parent
   cfg = d / "tokenizer_config.json"
   template, special = None, {}

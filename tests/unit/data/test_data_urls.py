@@ -117,3 +117,6 @@ def test_a_tokenizer_at_a_url_loads_as_the_local_one(bucket, tmp_path, monkeypat
   assert formats.to_record(["Q", "A"], template=chat.from_config(c)).text == "Q<|im_end|>A<|im_end|>"
   with pytest.raises(FileNotFoundError, match="tokenizer not found: memory://bkt/nothing"):
     tokenizer.load_tokenizer("memory://bkt/nothing")
+  c.data.tokenizer = "memory://bkt/nothing"
+  with pytest.raises(ValueError, match="chat_template='hf': memory://bkt/nothing: no such file"):
+    chat.from_config(c)
