@@ -95,6 +95,18 @@ PER_EXPERT_TOKEN = 3 * 3 * 2 * D * F
 COMBINE_WEIGHT_GRAD = 2 * TOKENS * K * D
 
 
+def tiny_train_flags(steps: int) -> list[str]:
+  """`python -m medmoe_jax.train` flags of the tiny Post-MoE run that the kill-and-resume tests
+  start as a subprocess: 2 layers (the last MoE), checkpoints every 2 steps, log windows of 3
+  (they straddle checkpoints: a resumed window must average the same steps), one device."""
+  return [
+      "--config=configs/post_moe.py", "--config.model.num_layers=2", "--config.moe.layers=last:1",
+      "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
+      "--config.model.d_ff=64", "--config.data.seq_len=32", "--config.data.batch_size=8",
+      f"--config.train.steps={steps}", "--config.train.checkpoint_every=2",
+      "--config.train.log_every=3", "--config.mesh.data=1"]
+
+
 def metrics_history(workdir):
   """A run's metrics.jsonl records, without the wall-clock dependent throughput."""
   import json

@@ -25,19 +25,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from helpers import final_params, metrics_history
+from helpers import final_params, metrics_history, tiny_train_flags
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.data import specs, tokenizer
 
 LANGS = ("de", "en", "es", "fr")
 STEPS = 6
-ARGS = [
-    "--config=configs/post_moe.py", "--config.model.num_layers=2", "--config.moe.layers=last:1",
-    "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
-    "--config.model.d_ff=64", "--config.data.seq_len=32", "--config.data.batch_size=8",
-    f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2",
-    "--config.train.log_every=3", "--config.mesh.data=1", "--config.languages.use=" + repr(LANGS),
-]
+ARGS = [*tiny_train_flags(STEPS), "--config.languages.use=" + repr(LANGS)]
 HANG_GUARD_S = 900  # not a timing assertion: only keeps a broken run from hanging CI
 
 

@@ -20,19 +20,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from helpers import final_params, metrics_history
+from helpers import final_params, metrics_history, tiny_train_flags
 from medmoe_jax.checkpoint import PAUSE_ENV
 from medmoe_jax.training.faults import EXIT_PREEMPTED
 
 STEPS = 14
-ARGS = [
-    "--config=configs/post_moe.py", "--config.model.num_layers=2", "--config.moe.layers=last:1",
-    "--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
-    "--config.model.d_ff=64", "--config.data.seq_len=32", "--config.data.batch_size=8",
-    f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=2",
-    # Log windows (3) straddle checkpoints (2): a resumed window must average the same steps.
-    "--config.train.log_every=3", "--config.mesh.data=1",
-]
+ARGS = tiny_train_flags(STEPS)
 HANG_GUARD_S = 300  # not a timing assertion: only keeps a broken run from hanging CI
 
 
